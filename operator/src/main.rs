@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", tern_crds::all_crds_yaml());
+}

@@ -94,7 +94,13 @@ impl Assignment {
 
     /// Whether two assignments say the same thing, whatever their epochs.
     pub fn same_content(&self, other: &Self) -> bool {
-        Self { epoch: 0, ..self.clone() } == Self { epoch: 0, ..other.clone() }
+        Self {
+            epoch: 0,
+            ..self.clone()
+        } == Self {
+            epoch: 0,
+            ..other.clone()
+        }
     }
 
     /// Gives `computed` its epoch relative to the previously published assignment: the same
@@ -204,9 +210,14 @@ mod tests {
     fn default_group_is_pinned() {
         // These values are part of the contract between operator and agent; they must never
         // change, or users would silently move between groups.
-        assert_eq!(default_group("alice@example.com", 16), default_group("ALICE@example.com", 16));
+        assert_eq!(
+            default_group("alice@example.com", 16),
+            default_group("ALICE@example.com", 16)
+        );
         assert_eq!(default_group("alice@example.com", 1), "default-1");
-        let spread: std::collections::BTreeSet<_> = (0..200).map(|i| default_group(&format!("u{i}@x.org"), 8)).collect();
+        let spread: std::collections::BTreeSet<_> = (0..200)
+            .map(|i| default_group(&format!("u{i}@x.org"), 8))
+            .collect();
         assert_eq!(spread.len(), 8, "200 addresses reach every one of 8 groups");
     }
 

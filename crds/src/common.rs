@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +156,19 @@ impl Listeners {
 }
 
 /// A mail or HTTP protocol served by a listener; a ClusterRole names the ones its pool serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Smtp,
@@ -189,7 +203,10 @@ impl Protocol {
 pub struct VolumeSpec {
     /// Requested size of each pod's volume, as a Kubernetes quantity (e.g. `10Gi`).
     #[serde(default = "default_volume_size")]
-    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+    )]
     pub size: String,
     /// StorageClass of the volumes; the cluster's default class when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -222,7 +239,9 @@ pub struct SecretKeyRef {
 }
 
 /// What happens to data when the resource is deleted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum DeletionPolicy {
     /// PersistentVolumeClaims (and so the mail) outlive the resource. The default.
     #[default]
@@ -232,7 +251,19 @@ pub enum DeletionPolicy {
 }
 
 /// The background duties a node can hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskName {
     PurgeStores,
@@ -296,6 +327,12 @@ pub struct TaskSpec {
     /// Explicit task shards: each string is one shard's pod ordinals within this pool,
     /// comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 64), regex(pattern = r"^[0-9]{1,4}(,[0-9]{1,4})*$")))]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = r"^[0-9]{1,4}(,[0-9]{1,4})*$")
+        )
+    )]
     pub nodes: Option<Vec<String>>,
 }

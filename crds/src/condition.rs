@@ -37,7 +37,13 @@ pub mod reason {
 }
 
 /// Builds a condition; `last_transition_time` is filled by [`set`].
-pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Condition {
+pub fn new(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { TRUE } else { FALSE }.into(),
@@ -70,7 +76,11 @@ pub fn set(conditions: &mut Vec<Condition>, mut cond: Condition, now: jiff::Time
 /// Merges freshly computed conditions into the previous list: transition times carried over
 /// where the status is unchanged; types no longer computed are dropped. Sorted by type so
 /// status patches are stable.
-pub fn merge(previous: &[Condition], computed: Vec<Condition>, now: jiff::Timestamp) -> Vec<Condition> {
+pub fn merge(
+    previous: &[Condition],
+    computed: Vec<Condition>,
+    now: jiff::Timestamp,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = previous
         .iter()
         .filter(|p| computed.iter().any(|c| c.type_ == p.type_))
@@ -117,11 +127,31 @@ mod tests {
 
     #[test]
     fn merge_drops_stale_types_and_sorts() {
-        let prev = merge(&[], vec![new(READY, true, "A", "", None), new("Old", true, "A", "", None)], at(1));
-        let next = merge(&prev, vec![new(PROGRESSING, false, "B", "", None), new(READY, true, "A", "", None)], at(5));
+        let prev = merge(
+            &[],
+            vec![
+                new(READY, true, "A", "", None),
+                new("Old", true, "A", "", None),
+            ],
+            at(1),
+        );
+        let next = merge(
+            &prev,
+            vec![
+                new(PROGRESSING, false, "B", "", None),
+                new(READY, true, "A", "", None),
+            ],
+            at(5),
+        );
         let types: Vec<_> = next.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [PROGRESSING, READY]);
-        assert_eq!(find(&next, READY).unwrap().last_transition_time, Time(at(1)));
-        assert_eq!(find(&next, PROGRESSING).unwrap().last_transition_time, Time(at(5)));
+        assert_eq!(
+            find(&next, READY).unwrap().last_transition_time,
+            Time(at(1))
+        );
+        assert_eq!(
+            find(&next, PROGRESSING).unwrap().last_transition_time,
+            Time(at(5))
+        );
     }
 }

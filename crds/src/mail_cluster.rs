@@ -74,7 +74,15 @@ pub struct MailClusterSpec {
     pub scheduling: PodScheduling,
 
     /// Mail domains this cluster accepts mail for.
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")))]
+    #[schemars(
+        length(min = 1, max = 256),
+        inner(
+            length(min = 1, max = 253),
+            regex(
+                pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+            )
+        )
+    )]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub domains: Vec<String>,
 
@@ -190,7 +198,9 @@ pub struct GossipSpec {
 }
 
 /// Kubernetes Service type of the client Service.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum ServiceType {
     ClusterIP,
     NodePort,
@@ -209,7 +219,9 @@ impl ServiceType {
 }
 
 /// Routing of external traffic; `Local` keeps the client's address.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub enum TrafficPolicy {
     #[default]
     Local,

@@ -37,13 +37,21 @@ pub struct UserGroupSpec {
 
     /// Addresses of the group's users.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 10000), inner(length(min = 3, max = 320), regex(pattern = r"^[^@\s]+@[^@\s]+$")))]
+    #[schemars(
+        length(min = 1, max = 10000),
+        inner(length(min = 3, max = 320), regex(pattern = r"^[^@\s]+@[^@\s]+$"))
+    )]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub members: Option<Vec<String>>,
 
     /// Every user at this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+        )
+    )]
     pub domain: Option<String>,
 
     /// Pin the group to this shard (1-based); the operator places and balances it otherwise.

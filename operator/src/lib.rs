@@ -5,5 +5,12 @@
 //! place (pure, [`placement`]) → build every child (pure, [`render`]) → apply → status.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
 pub mod placement;
 pub mod render;
+pub mod settings;

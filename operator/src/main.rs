@@ -1,3 +1,3 @@
 fn main() {
-    print!("{}", tern_crds::all_crds_yaml());
+    std::process::exit(tern_operator::cli::main(std::env::args().collect()));
 }

@@ -1,0 +1,488 @@
+//! Pure status computation. The operator owns the replica counts, conditions and the shards'
+//! placement; the agents' reporter owns `members` and each shard's `leader` and
+//! `lastAppliedLag` (server-side apply keeps the two writers' fields apart).
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Resource;
+use serde::Serialize;
+use tern_crds::cluster_role::{ClusterRoleStatus, TaskAssignmentStatus};
+use tern_crds::condition::{self, DEGRADED, PROGRESSING, READY, reason};
+use tern_crds::mail_cluster::{DEFAULT_POOL, GossipState, MailClusterStatus, ShardStatus};
+use tern_crds::user_group::UserGroupStatus;
+use tern_crds::{Assignment, ClusterRole, MailCluster, UserGroup};
+
+/// What one pool looks like after apply.
+#[derive(Clone, Debug)]
+pub struct PoolObservation {
+    pub name: String,
+    /// `spec.replicas` of the pool.
+    pub desired: i32,
+    /// Nodes being drained before their pods go.
+    pub leaving: i32,
+    /// The StatefulSet as the API server returned it.
+    pub statefulset: Option<StatefulSet>,
+    /// `status.selector` for the scale subresource.
+    pub selector: String,
+}
+
+impl PoolObservation {
+    fn sts_status(&self) -> (i32, i32, i32, bool) {
+        let Some(sts) = &self.statefulset else {
+            return (0, 0, 0, false);
+        };
+        let status = sts.status.clone().unwrap_or_default();
+        let spec_replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let rolled = status.observed_generation >= sts.metadata.generation
+            && status.current_revision == status.update_revision
+            && status.updated_replicas.unwrap_or(0) >= spec_replicas;
+        (
+            status.replicas,
+            status.ready_replicas.unwrap_or(0),
+            spec_replicas,
+            rolled,
+        )
+    }
+
+    pub fn replicas(&self) -> i32 {
+        self.sts_status().0
+    }
+
+    pub fn ready(&self) -> i32 {
+        self.sts_status().1
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready() >= self.desired
+    }
+
+    /// The Progressing condition of this pool, when it is progressing.
+    fn progress(&self) -> Option<(&'static str, String)> {
+        let (replicas, _, spec_replicas, rolled) = self.sts_status();
+        if self.leaving > 0 {
+            Some((
+                reason::DRAINING,
+                format!(
+                    "pool {}: draining {} node(s) before their pods are removed",
+                    self.name, self.leaving
+                ),
+            ))
+        } else if replicas != spec_replicas || spec_replicas != self.desired {
+            Some((
+                reason::SCALING,
+                format!("pool {}: {replicas} of {} pods", self.name, self.desired),
+            ))
+        } else if !rolled {
+            Some((
+                reason::ROLLING_UPDATE,
+                format!("pool {}: replacing pods with the new template", self.name),
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A reason the resource cannot be reconciled as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn ready_condition(
+    pools: &[&PoolObservation],
+    problem: Option<&Problem>,
+    generation: Option<i64>,
+) -> Condition {
+    if let Some(p) = problem {
+        return condition::new(READY, false, p.reason, p.message.clone(), generation);
+    }
+    let not_ready: Vec<String> = pools
+        .iter()
+        .filter(|p| !p.is_ready())
+        .map(|p| format!("{} {}/{}", p.name, p.ready(), p.desired))
+        .collect();
+    if not_ready.is_empty() {
+        condition::new(
+            READY,
+            true,
+            reason::ALL_REPLICAS_READY,
+            "every pod of every pool is ready",
+            generation,
+        )
+    } else {
+        condition::new(
+            READY,
+            false,
+            reason::REPLICAS_NOT_READY,
+            format!("pods not ready: {}", not_ready.join(", ")),
+            generation,
+        )
+    }
+}
+
+fn progressing_condition(pools: &[&PoolObservation], generation: Option<i64>) -> Condition {
+    match pools.iter().find_map(|p| p.progress()) {
+        Some((reason, message)) => condition::new(PROGRESSING, true, reason, message, generation),
+        None => condition::new(
+            PROGRESSING,
+            false,
+            reason::RECONCILED,
+            "every pool matches its spec",
+            generation,
+        ),
+    }
+}
+
+/// Operator-owned part of a MailCluster's status.
+pub fn cluster_status(
+    cluster: &MailCluster,
+    pools: &[PoolObservation],
+    assignment: Option<&Assignment>,
+    problem: Option<&Problem>,
+    now: jiff::Timestamp,
+) -> MailClusterStatus {
+    let generation = cluster.meta().generation;
+    let previous = cluster.status.clone().unwrap_or_default();
+    let all: Vec<&PoolObservation> = pools.iter().collect();
+    let default = pools.iter().find(|p| p.name == DEFAULT_POOL);
+
+    let unhealthy: Vec<&str> = previous
+        .members
+        .iter()
+        .filter(|m| matches!(m.state, GossipState::Suspect | GossipState::Dead))
+        .map(|m| m.name.as_str())
+        .collect();
+    let shard_ids: Vec<u32> = assignment
+        .map(|a| a.shards.iter().map(|s| s.id).collect())
+        .unwrap_or_default();
+    let with_leader = shard_ids
+        .iter()
+        .filter(|id| {
+            previous
+                .shards
+                .iter()
+                .any(|s| s.id == **id as i32 && s.leader.is_some())
+        })
+        .count();
+    // Leaders are known only once agents report; before that, no shard is called leaderless.
+    let agents_report = !previous.members.is_empty();
+
+    let degraded = if let Some(p) = problem {
+        condition::new(DEGRADED, true, p.reason, p.message.clone(), generation)
+    } else if !unhealthy.is_empty() {
+        condition::new(
+            DEGRADED,
+            true,
+            reason::MEMBERS_UNHEALTHY,
+            format!("suspect or dead: {}", unhealthy.join(", ")),
+            generation,
+        )
+    } else if agents_report && with_leader < shard_ids.len() {
+        condition::new(
+            DEGRADED,
+            true,
+            reason::SHARDS_WITHOUT_LEADER,
+            format!(
+                "{} of {} shards have no leader and refuse writes",
+                shard_ids.len() - with_leader,
+                shard_ids.len()
+            ),
+            generation,
+        )
+    } else {
+        condition::new(
+            DEGRADED,
+            false,
+            reason::HEALTHY,
+            "no member is suspect or dead",
+            generation,
+        )
+    };
+
+    let computed = vec![
+        ready_condition(&all, problem, generation),
+        progressing_condition(&all, generation),
+        degraded,
+    ];
+    let shards = assignment
+        .map(|a| {
+            a.shards
+                .iter()
+                .map(|s| ShardStatus {
+                    id: s.id as i32,
+                    voters: s.voters.iter().map(|&v| v as i64).collect(),
+                    learners: s.learners.iter().map(|&v| v as i64).collect(),
+                    groups: a
+                        .groups
+                        .iter()
+                        .filter(|(_, shard)| **shard == s.id)
+                        .map(|(g, _)| g.clone())
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ready: i32 = pools.iter().map(|p| p.ready()).sum();
+    let desired: i32 = pools.iter().map(|p| p.desired).sum();
+    MailClusterStatus {
+        observed_generation: generation,
+        replicas: default.map_or(0, |p| p.replicas()),
+        ready_replicas: default.map_or(0, |p| p.ready()),
+        selector: default.map(|p| p.selector.clone()),
+        ready: Some(format!("{ready}/{desired}")),
+        leaders: Some(format!("{with_leader}/{}", shard_ids.len())),
+        assignment_epoch: assignment.map(|a| a.epoch as i64),
+        conditions: condition::merge(&previous.conditions, computed, now),
+        members: vec![],
+        shards,
+    }
+}
+
+/// Status of a ClusterRole whose cluster was reconciled.
+pub fn role_status(
+    role: &ClusterRole,
+    pool: &PoolObservation,
+    assignment: Option<&Assignment>,
+    problem: Option<&Problem>,
+    now: jiff::Timestamp,
+) -> ClusterRoleStatus {
+    let generation = role.meta().generation;
+    let previous = role.status.clone().unwrap_or_default();
+    let degraded = match problem {
+        Some(p) => condition::new(DEGRADED, true, p.reason, p.message.clone(), generation),
+        None => condition::new(
+            DEGRADED,
+            false,
+            reason::HEALTHY,
+            "pool reconciled",
+            generation,
+        ),
+    };
+    let computed = vec![
+        ready_condition(&[pool], problem, generation),
+        progressing_condition(&[pool], generation),
+        degraded,
+    ];
+    let task_assignments = assignment
+        .map(|a| {
+            a.tasks
+                .iter()
+                .filter(|t| t.pool == pool.name)
+                .map(|t| TaskAssignmentStatus {
+                    task: t.task.as_str().into(),
+                    shard: t.shard as i32,
+                    nodes: t.nodes.iter().map(|&n| n as i64).collect(),
+                    acting: t.nodes.first().map(|&n| n as i64),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ClusterRoleStatus {
+        observed_generation: generation,
+        replicas: pool.replicas(),
+        ready_replicas: pool.ready(),
+        selector: Some(pool.selector.clone()),
+        conditions: condition::merge(&previous.conditions, computed, now),
+        task_assignments,
+    }
+}
+
+/// Status of a UserGroup whose cluster was reconciled.
+pub fn group_status(
+    group: &UserGroup,
+    assignment: Option<&Assignment>,
+    shards: u32,
+    now: jiff::Timestamp,
+) -> UserGroupStatus {
+    let generation = group.meta().generation;
+    let previous = group.status.clone().unwrap_or_default();
+    let name = group.metadata.name.clone().unwrap_or_default();
+    let shard = assignment.and_then(|a| a.groups.get(&name)).copied();
+    let ready = match (group.spec.shard, shard) {
+        (Some(pin), _) if pin < 1 || pin as u32 > shards => condition::new(
+            READY,
+            false,
+            reason::PINNED_SHARD_MISSING,
+            format!(
+                "pinned to shard {pin}, but the cluster has shards 1 to {shards}; placed on shard {} meanwhile",
+                shard.unwrap_or(0)
+            ),
+            generation,
+        ),
+        (_, Some(s)) => condition::new(
+            READY,
+            true,
+            reason::PLACED,
+            format!("placed on shard {s}"),
+            generation,
+        ),
+        (_, None) => condition::new(
+            READY,
+            false,
+            reason::REPLICAS_NOT_READY,
+            "not placed yet",
+            generation,
+        ),
+    };
+    UserGroupStatus {
+        observed_generation: generation,
+        shard: shard.map(|s| s as i32),
+        users: group.spec.members.as_ref().map(|m| m.len() as i64),
+        bytes: previous.bytes,
+        conditions: condition::merge(&previous.conditions, vec![ready], now),
+        move_: previous.move_,
+    }
+}
+
+/// The body of a server-side apply to a resource's `/status` subresource.
+pub fn status_patch<K: Resource<DynamicType = ()>>(
+    name: &str,
+    status: &impl Serialize,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+        "status": status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+
+    fn sts(spec: i32, replicas: i32, ready: i32) -> StatefulSet {
+        StatefulSet {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec: Some(StatefulSetSpec {
+                replicas: Some(spec),
+                ..Default::default()
+            }),
+            status: Some(StatefulSetStatus {
+                observed_generation: Some(1),
+                replicas,
+                ready_replicas: Some(ready),
+                updated_replicas: Some(replicas),
+                current_revision: Some("r1".into()),
+                update_revision: Some("r1".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn pool(desired: i32, s: StatefulSet) -> PoolObservation {
+        PoolObservation {
+            name: "default".into(),
+            desired,
+            leaving: 0,
+            statefulset: Some(s),
+            selector: "a=b".into(),
+        }
+    }
+
+    fn cluster() -> MailCluster {
+        let mut c: MailCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mail.tern.dev/v1alpha1", "kind": "MailCluster",
+            "metadata": {"name": "mail", "namespace": "ns", "generation": 4},
+            "spec": {"domains": ["example.com"]}
+        }))
+        .unwrap();
+        c.status = None;
+        c
+    }
+
+    #[test]
+    fn ready_when_every_pod_is_ready() {
+        let now = jiff::Timestamp::now();
+        let s = cluster_status(&cluster(), &[pool(3, sts(3, 3, 3))], None, None, now);
+        assert_eq!(s.observed_generation, Some(4));
+        assert!(condition::is_true(&s.conditions, READY));
+        assert!(!condition::is_true(&s.conditions, PROGRESSING));
+        assert!(!condition::is_true(&s.conditions, DEGRADED));
+        assert_eq!(s.ready.as_deref(), Some("3/3"));
+        assert_eq!(s.selector.as_deref(), Some("a=b"));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4))
+        );
+    }
+
+    #[test]
+    fn scaling_is_progressing_and_not_ready() {
+        let s = cluster_status(
+            &cluster(),
+            &[pool(5, sts(5, 3, 3))],
+            None,
+            None,
+            jiff::Timestamp::now(),
+        );
+        let ready = condition::find(&s.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::REPLICAS_NOT_READY)
+        );
+        let progressing = condition::find(&s.conditions, PROGRESSING).unwrap();
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", reason::SCALING)
+        );
+    }
+
+    #[test]
+    fn a_problem_is_not_ready_and_degraded_with_its_reason() {
+        let p = Problem {
+            reason: reason::INSUFFICIENT_VOTERS,
+            message: "need 3".into(),
+        };
+        let s = cluster_status(
+            &cluster(),
+            &[pool(3, sts(3, 3, 3))],
+            None,
+            Some(&p),
+            jiff::Timestamp::now(),
+        );
+        for t in [READY, DEGRADED] {
+            assert_eq!(
+                condition::find(&s.conditions, t).unwrap().reason,
+                reason::INSUFFICIENT_VOTERS
+            );
+        }
+        assert!(condition::is_true(&s.conditions, DEGRADED));
+    }
+
+    #[test]
+    fn dead_member_degrades() {
+        let mut c = cluster();
+        c.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "members": [{"name": "mail-default-1", "nodeId": 2, "state": "Dead"}]
+            }))
+            .unwrap(),
+        );
+        let s = cluster_status(
+            &c,
+            &[pool(3, sts(3, 3, 3))],
+            None,
+            None,
+            jiff::Timestamp::now(),
+        );
+        let d = condition::find(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", reason::MEMBERS_UNHEALTHY)
+        );
+        assert!(d.message.contains("mail-default-1"));
+        assert!(
+            s.members.is_empty(),
+            "members belong to the agents' reporter, never in the operator's patch"
+        );
+    }
+}

@@ -62,7 +62,9 @@ pub struct ClusterRoleSpec {
 
     /// Whether the pool's pods hold shard replicas: `voter` (Raft voters), `learner`
     /// (read-only replicas), or `none` (stateless front ends that proxy to data nodes).
+    /// Fixed at creation: a pool's volumes cannot be added or removed in place.
     #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("storage is immutable: create a new ClusterRole for a pool that holds different data"))]
     pub storage: StorageRole,
 
     /// Background tasks the pool runs.

@@ -107,8 +107,10 @@ pub struct MailClusterSpec {
     #[schemars(range(min = 1, max = 4096))]
     pub default_groups: i32,
 
-    /// The per-pod volume that holds shard replicas.
+    /// The per-pod volume that holds shard replicas. Fixed at creation: a StatefulSet's
+    /// volume claim templates cannot change (expand the PersistentVolumeClaims instead).
     #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("storage is immutable: StatefulSet volume claim templates cannot change; resize the PersistentVolumeClaims directly"))]
     pub storage: VolumeSpec,
 
     /// Client listeners and their ports.

@@ -35,6 +35,9 @@ fn committed_manifests_match_the_types() {
 
 #[test]
 fn committed_manifests_parse_back_into_the_same_crds() {
+    if std::env::var_os("UPDATE_CRDS").is_some() {
+        return; // the other test is rewriting the files right now
+    }
     for (file, crd) in tern_crds::crds() {
         let text = std::fs::read_to_string(manifests_dir().join(file)).unwrap();
         let parsed: CustomResourceDefinition = serde_saphyr::from_str(

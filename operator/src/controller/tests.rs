@@ -340,16 +340,17 @@ async fn a_cluster_role_gets_its_statefulset_status_and_goes_with_it() {
         "one acting node per shard, never the same"
     );
     assert!(
-        fake.get(&core("services", "mail-backend")).is_some(),
-        "a pool with its own listeners gets its own Service"
+        fake.get(&core("services", "mail-backend")).is_none(),
+        "an LMTP-only pool is never behind a public Service"
     );
+    let lmtp = fake.get(&core("services", "mail-lmtp")).expect("the in-cluster LMTP Service");
+    assert_eq!(lmtp["spec"]["type"], "ClusterIP");
 
     // Deleting the ClusterRole prunes what it had.
     fake.delete(&ours("clusterroles", "backend"));
     fake.clear_calls();
     reconcile(&fake, &ctx).await;
     assert!(fake.get(&apps("mail-backend")).is_none());
-    assert!(fake.get(&core("services", "mail-backend")).is_none());
     assert!(
         fake.calls()
             .iter()

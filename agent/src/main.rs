@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    std::process::exit(tern_agent::cli::main(std::env::args().collect()));
+}

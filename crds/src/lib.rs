@@ -5,6 +5,7 @@
 //! (`tern-operator crd`); a test fails when they drift.
 #![forbid(unsafe_code)]
 
+pub mod agent_config;
 pub mod assignment;
 pub mod cluster_role;
 pub mod common;

@@ -7,67 +7,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use serde::{Deserialize, Serialize};
-use tern_crds::Assignment;
+use tern_crds::{Assignment, MailCluster};
 
 use super::{Context, GOSSIP_PORT, RPC_PORT, RenderError, Settings, names};
 
-/// Key of the agent configuration in `<cluster>-config`.
-pub const CONFIG_KEY: &str = "config.json";
-
-/// The agent configuration (`config.json`): what every node of the cluster shares. What
-/// differs per pool (role, storage, listeners served) comes through environment variables
-/// instead, so a change to one pool does not roll the others. Secrets are never in here.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentConfig {
-    pub cluster: String,
-    pub namespace: String,
-    pub domains: Vec<String>,
-    pub shards: i32,
-    pub replication_factor: i32,
-    pub read_replicas: i32,
-    pub default_groups: i32,
-    /// Every listener by protocol name, enabled or not.
-    pub listeners: BTreeMap<String, ListenerConfig>,
-    /// Port of `/healthz/live`, `/healthz/ready` and `/metrics`, served by every pod even
-    /// when the `http` listener is disabled or not in its pool, because kubelet probes it.
-    pub health_port: i32,
-    /// Expect a PROXY protocol header on every listener.
-    pub proxy_protocol: bool,
-    /// Smarthost for outbound mail; direct MX delivery when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay: Option<RelayConfig>,
-    pub gossip: GossipConfig,
-    pub rpc_port: i32,
-    /// The headless Service: pod `P` is reachable at `P.<headlessService>.<namespace>.svc`.
-    pub headless_service: String,
-    /// The ConfigMap that carries the assignment (key `assignment.json`).
-    pub assignment_config_map: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListenerConfig {
-    pub enabled: bool,
-    pub port: i32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RelayConfig {
-    pub host: String,
-    pub port: i32,
-    pub starttls: bool,
-    /// Credentials are mounted in `TERN_RELAY_CREDENTIALS_DIR` (`username`, `password`).
-    pub has_credentials: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GossipConfig {
-    pub port: i32,
-    /// DNS names resolving to peers (the headless Service, which publishes not-ready pods).
-    pub seeds: Vec<String>,
-}
+pub use tern_crds::agent_config::{
+    AgentConfig, CONFIG_KEY, GossipConfig, ListenerConfig, RelayConfig,
+};
 
 /// The configuration every agent of the cluster reads.
 pub(crate) fn agent_config(ctx: &Context, settings: &Settings) -> AgentConfig {
@@ -110,6 +56,15 @@ pub(crate) fn agent_config(ctx: &Context, settings: &Settings) -> AgentConfig {
         headless_service: names::headless_service(ctx.name),
         assignment_config_map: Assignment::config_map_name(ctx.name),
     }
+}
+
+/// The configuration the agents of `cluster` read (what `<cluster>-config` carries); also
+/// used by the local cluster launcher, which writes it to a file instead.
+pub fn agent_config_for(
+    cluster: &MailCluster,
+    settings: &Settings,
+) -> Result<AgentConfig, RenderError> {
+    Ok(agent_config(&Context::new(cluster)?, settings))
 }
 
 /// `<cluster>-config`.

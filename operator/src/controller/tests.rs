@@ -343,7 +343,9 @@ async fn a_cluster_role_gets_its_statefulset_status_and_goes_with_it() {
         fake.get(&core("services", "mail-backend")).is_none(),
         "an LMTP-only pool is never behind a public Service"
     );
-    let lmtp = fake.get(&core("services", "mail-lmtp")).expect("the in-cluster LMTP Service");
+    let lmtp = fake
+        .get(&core("services", "mail-lmtp"))
+        .expect("the in-cluster LMTP Service");
     assert_eq!(lmtp["spec"]["type"], "ClusterIP");
 
     // Deleting the ClusterRole prunes what it had.

@@ -6,6 +6,11 @@
 //! repair to do. The shard leader carries a changed voter set out one Raft step at a time;
 //! the step limit here additionally bounds how far a target may run ahead of the voters the
 //! shard actually has.
+//!
+//! A dead voter is replaced as soon as a live node can take its place. Until then the shard
+//! keeps it: Raft membership must name `replicationFactor` voters, the live majority keeps the
+//! shard working, and a node that comes back rejoins. Only a spec that configures fewer
+//! voter nodes than the replication factor makes placement fail.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,7 +22,14 @@ use super::{Health, NodeInfo, PlacementError, PlacementInput};
 
 /// Whether a node may be given a voter replica.
 pub fn can_vote(node: &NodeInfo) -> bool {
-    node.storage == StorageRole::Voter && node.health != Health::Dead && !node.leaving
+    voter_capable(node) && node.health != Health::Dead
+}
+
+/// Whether a node is configured to vote and stays, whatever its health: a dead one only
+/// votes again when it comes back, but until a live node replaces it a shard keeps (or, when
+/// nothing else exists, is given) it as a voter.
+pub fn voter_capable(node: &NodeInfo) -> bool {
+    node.storage == StorageRole::Voter && !node.leaving
 }
 
 /// Whether a node may be given a learner replica.
@@ -45,7 +57,7 @@ struct Plan {
     target: BTreeSet<u64>,
     /// Voters the shard has now (reported, else the previous target).
     current: BTreeSet<u64>,
-    /// Desired voters: exactly `replication_factor` nodes that can vote.
+    /// Desired voters: exactly `replication_factor` voter-capable nodes, live ones first.
     voters: BTreeSet<u64>,
     learners: BTreeSet<u64>,
 }
@@ -57,17 +69,20 @@ pub fn place_shards(
     nodes: &BTreeMap<u64, &NodeInfo>,
 ) -> Result<Vec<ShardAssignment>, PlacementError> {
     let rf = input.replication_factor as usize;
-    let eligible: BTreeSet<u64> = nodes
+    let capable: BTreeSet<u64> = nodes
         .iter()
-        .filter(|(_, n)| can_vote(n))
+        .filter(|(_, n)| voter_capable(n))
         .map(|(&id, _)| id)
         .collect();
-    if eligible.len() < rf {
+    if capable.len() < rf {
         return Err(PlacementError::InsufficientVoters {
             need: input.replication_factor,
-            have: u32::try_from(eligible.len()).unwrap_or(u32::MAX),
+            have: u32::try_from(capable.len()).unwrap_or(u32::MAX),
         });
     }
+    let (eligible, dead): (BTreeSet<u64>, BTreeSet<u64>) = capable
+        .iter()
+        .partition(|id| nodes.get(id).is_some_and(|n| can_vote(n)));
     let learner_pool: BTreeSet<u64> = nodes
         .iter()
         .filter(|(_, n)| can_learn(n))
@@ -120,9 +135,7 @@ pub fn place_shards(
             &mut learner_load,
         );
     }
-    let mut repaired = false;
     for plan in &mut plans {
-        repaired |= plan.voters != plan.target;
         fill(&mut plan.voters, rf, &eligible, &mut voter_load, nodes);
         fill(
             &mut plan.learners,
@@ -131,8 +144,32 @@ pub fn place_shards(
             &mut learner_load,
             nodes,
         );
-        repaired |= plan.voters != plan.target;
     }
+    // Fewer live nodes than voters needed: every shard now holds all the live ones, and the
+    // vacancies stay with the dead voters it already has, else go to other dead nodes.
+    if eligible.len() < rf {
+        // A live voter that is being drained stays until a live node can take its place:
+        // handing its seat to a dead node would cost the shard a failure it could survive.
+        let live_leaving: BTreeSet<u64> = nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.storage == StorageRole::Voter && n.leaving && n.health != Health::Dead
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for plan in &mut plans {
+            let own_live = plan.target.intersection(&live_leaving).copied().collect();
+            fill(&mut plan.voters, rf, &own_live, &mut voter_load, nodes);
+        }
+        for plan in &mut plans {
+            let own_dead = plan.target.intersection(&dead).copied().collect();
+            fill(&mut plan.voters, rf, &own_dead, &mut voter_load, nodes);
+        }
+        for plan in &mut plans {
+            fill(&mut plan.voters, rf, &dead, &mut voter_load, nodes);
+        }
+    }
+    let repaired = plans.iter().any(|plan| plan.voters != plan.target);
 
     // Balance only when nothing needed repair, so that losing a node moves nothing but its own
     // replicas, and only shards that hold exactly what they were asked to.
@@ -368,11 +405,95 @@ mod tests {
     }
 
     #[test]
-    fn too_few_voters_is_an_error() {
-        let mut nodes = voters("mail", 3);
-        nodes[2].health = Health::Dead;
+    fn a_draining_voter_keeps_its_seat_rather_than_hand_it_to_a_dead_node() {
+        // rf 3 on nodes 1..3; node 4 joins and dies; node 3 is then scaled away.
+        let inp = input(voters("mail", 4), 1, 3);
+        let a = place(None, &inp).unwrap();
+        let mut next = inp.clone();
+        next.nodes[3].health = Health::Dead;
+        let b = place(Some(&a), &next).unwrap();
+        let held = voter_sets(&b)[0].clone();
+        let mut leaving = next.clone();
+        // The live voter that is not node 4 and has the highest id leaves.
+        let leaver = *held.iter().filter(|&&id| id != 4).max().unwrap();
+        leaving.nodes[(leaver - 1) as usize].leaving = true;
+        let c = place(Some(&b), &leaving).unwrap();
+        assert!(
+            voter_sets(&c)[0].contains(&leaver),
+            "scale-down waits for a live replacement: {:?}",
+            voter_sets(&c)
+        );
+        assert!(
+            !crate::placement::drained(&c, &leaving)
+                .contains(&leaving.nodes[(leaver - 1) as usize].name)
+        );
+    }
+
+    #[test]
+    fn a_dead_voter_stays_until_a_live_node_replaces_it() {
+        let inp = input(voters("mail", 3), 2, 3);
+        let a = place(None, &inp).unwrap();
+        let mut one_dead = inp.clone();
+        one_dead.nodes[2].health = Health::Dead;
+        // Each shard keeps its live majority and its dead voter: nobody can replace it.
+        let b = place(Some(&a), &one_dead).unwrap();
+        assert_eq!(voter_sets(&b), vec![[1, 2, 3].into(), [1, 2, 3].into()]);
+        assert_eq!(b.epoch, a.epoch);
+        // Shards that are new while the node is dead get it too: Raft needs rf voters.
+        let mut more = one_dead.clone();
+        more.shards = 3;
+        let c = place(Some(&b), &more).unwrap();
+        assert_eq!(c.shards[2].voters, vec![1, 2, 3]);
+        assert_eq!(
+            place(None, &one_dead).unwrap().shards[0].voters,
+            vec![1, 2, 3]
+        );
+        // A new node replaces the dead voter everywhere at once.
+        more.nodes.push(node("mail", "default", 3));
+        let d = place(Some(&c), &more).unwrap();
+        assert!(d.shards.iter().all(|s| s.voters == vec![1, 2, 4]), "{d:?}");
+    }
+
+    #[test]
+    fn dead_nodes_fill_only_what_live_ones_cannot() {
+        // rf 5 over 3 live and 3 dead nodes: every shard has the 3 live ones, and the dead
+        // ones are spread by load.
+        let mut nodes = voters("mail", 6);
+        for n in &mut nodes[3..] {
+            n.health = Health::Dead;
+        }
+        let inp = input(nodes, 3, 5);
+        let a = place(None, &inp).unwrap();
+        for s in &a.shards {
+            assert_eq!(s.voters.len(), 5);
+            assert!(s.voters.starts_with(&[1, 2, 3]), "{s:?}");
+        }
+        let loads = load_of(&a);
+        assert_eq!([loads[&4], loads[&5], loads[&6]], [2, 2, 2]);
+        assert_eq!(place(Some(&a), &inp).unwrap().epoch, a.epoch, "stable");
+    }
+
+    #[test]
+    fn a_spec_with_too_few_voter_nodes_is_an_error() {
+        let mut nodes = voters("mail", 2);
+        nodes.push(NodeInfo {
+            storage: StorageRole::Learner,
+            ..node("mail", "replica", 0)
+        });
+        nodes[1].health = Health::Dead;
         let err = place(None, &input(nodes, 1, 3)).unwrap_err();
         assert_eq!(err, PlacementError::InsufficientVoters { need: 3, have: 2 });
+    }
+
+    #[test]
+    fn leaving_below_the_replication_factor_is_an_error() {
+        let inp = input(voters("mail", 3), 1, 3);
+        let a = place(None, &inp).unwrap();
+        let mut shrunk = inp.clone();
+        shrunk.nodes[1].leaving = true;
+        shrunk.nodes[2].leaving = true;
+        let err = place(Some(&a), &shrunk).unwrap_err();
+        assert_eq!(err, PlacementError::InsufficientVoters { need: 3, have: 1 });
     }
 
     #[test]
@@ -680,6 +801,8 @@ mod tests {
                 }
                 let Ok(a) = place(Some(&prev), &next) else { continue };
                 let by_id: BTreeMap<u64, &NodeInfo> = next.nodes.iter().map(|n| (a.nodes[&n.name].id, n)).collect();
+                let eligible: BTreeSet<u64> = by_id.iter().filter(|(_, n)| can_vote(n)).map(|(&id, _)| id).collect();
+                let degraded = eligible.len() < rf as usize;
                 for (before, after) in prev.shards.iter().zip(&a.shards) {
                     let new: BTreeSet<u64> = after.voters.iter().copied().collect();
                     prop_assert_eq!(new.len(), after.voters.len(), "distinct");
@@ -695,10 +818,17 @@ mod tests {
                         prop_assert!(kept * 2 >= live.len(), "half kept: {:?} → {:?}", current, new);
                     }
                     let voting: Vec<u64> = new.iter().copied().filter(|id| by_id.get(id).is_some_and(|n| can_vote(n))).collect();
-                    prop_assert!(voting.len() >= rf as usize);
+                    prop_assert!(voting.len() >= rf.min(eligible.len() as u32) as usize);
+                    if degraded {
+                        prop_assert!(new.is_superset(&eligible), "too few live nodes: all of them vote");
+                    }
                     for id in &new {
-                        prop_assert!(!is_dead(&by_id, *id), "no dead voter");
-                        prop_assert!(voting.contains(id) || live.contains(id), "a node that cannot vote is only ever held back");
+                        let dead_stand_in = degraded && by_id.get(id).is_some_and(|n| voter_capable(n));
+                        // Too few live nodes: a live voter being drained keeps its seat.
+                        let kept_leaving = degraded && before.voters.contains(id)
+                            && by_id.get(id).is_some_and(|n| n.leaving && n.health != Health::Dead);
+                        prop_assert!(!is_dead(&by_id, *id) || dead_stand_in, "no dead voter while live nodes can replace it");
+                        prop_assert!(voting.contains(id) || live.contains(id) || dead_stand_in || kept_leaving, "a node that cannot vote is only ever held back");
                     }
                     prop_assert!(new.len() <= rf as usize + live.len(), "extra voters only from those the shard has");
                 }
@@ -716,9 +846,99 @@ mod tests {
             caught.observed_voters = prev.shards.iter().map(|s| (s.id, s.voters.iter().copied().collect())).collect();
             prop_assert_eq!(place(Some(&prev), &caught).unwrap().epoch, prev.epoch, "settled");
             let by_id: BTreeMap<u64, &NodeInfo> = inp.nodes.iter().map(|n| (prev.nodes[&n.name].id, n)).collect();
+            let eligible = by_id.values().filter(|n| can_vote(n)).count();
             for s in &prev.shards {
                 prop_assert_eq!(s.voters.len(), rf as usize);
-                prop_assert!(s.voters.iter().all(|id| can_vote(by_id[id])));
+                // A live voter being drained keeps its seat while no live node can take it.
+                prop_assert!(s.voters.iter().all(|id| voter_capable(by_id[id])
+                    || (eligible < rf as usize && by_id[id].leaving && by_id[id].health != Health::Dead)));
+                let voting = s.voters.iter().filter(|id| can_vote(by_id[id])).count();
+                prop_assert_eq!(voting, eligible.min(rf as usize));
+            }
+        }
+    }
+
+    fn random_node() -> impl Strategy<Value = (StorageRole, Health, bool)> {
+        (
+            prop::sample::select(vec![
+                StorageRole::Voter,
+                StorageRole::Voter,
+                StorageRole::Learner,
+                StorageRole::None,
+            ]),
+            prop::sample::select(vec![Health::Alive, Health::Suspect, Health::Dead]),
+            prop::bool::weighted(0.2),
+        )
+    }
+
+    fn apply(nodes: &mut [NodeInfo], states: &[(StorageRole, Health, bool)]) {
+        for (n, &(storage, health, leaving)) in nodes.iter_mut().zip(states) {
+            n.storage = storage;
+            n.health = health;
+            n.leaving = leaving;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the nodes' health, placement fails only when the spec configures fewer
+        /// voter nodes (not leaving) than the replication factor, and otherwise gives every
+        /// shard at least rf distinct voters: exactly rf voter-capable ones, live ones first,
+        /// plus only live voters held back by the step limit.
+        #[test]
+        fn only_a_short_spec_fails_placement(
+            shards in 1u32..5,
+            rf in prop::sample::select(vec![1u32, 2, 3, 5]),
+            zones in 0u32..4,
+            before in prop::collection::vec(random_node(), 1..9),
+            after in prop::collection::vec(random_node(), 9),
+        ) {
+            let mut nodes: Vec<NodeInfo> = (0..before.len() as u32)
+                .map(|o| NodeInfo { zone: zone_of(o, zones), ..node("mail", "default", o) })
+                .collect();
+            apply(&mut nodes, &before);
+            let first = input(nodes.clone(), shards, rf);
+            let mut second = first.clone();
+            apply(&mut second.nodes, &after);
+            let mut prev: Option<Assignment> = None;
+            for inp in [&first, &second] {
+                let capable = inp.nodes.iter().filter(|n| voter_capable(n)).count();
+                let eligible = inp.nodes.iter().filter(|n| can_vote(n)).count();
+                let result = place(prev.as_ref(), inp);
+                if capable < rf as usize {
+                    prop_assert_eq!(
+                        result,
+                        Err(PlacementError::InsufficientVoters { need: rf, have: capable as u32 })
+                    );
+                    continue;
+                }
+                let a = result.unwrap();
+                let by_id: BTreeMap<u64, &NodeInfo> = inp.nodes.iter().map(|n| (a.nodes[&n.name].id, n)).collect();
+                prop_assert_eq!(a.shards.len(), shards as usize);
+                for s in &a.shards {
+                    prop_assert!(s.voters.windows(2).all(|w| w[0] < w[1]), "sorted, distinct: {:?}", s.voters);
+                    let stays: Vec<u64> = s.voters.iter().copied().filter(|id| voter_capable(by_id[id])).collect();
+                    let live = stays.iter().filter(|id| can_vote(by_id[id])).count();
+                    let held: Vec<u64> = s.voters.iter().copied().filter(|id| !voter_capable(by_id[id])).collect();
+                    let had: BTreeSet<u64> = prev.as_ref()
+                        .and_then(|p| p.shards.iter().find(|p| p.id == s.id))
+                        .map(|p| p.voters.iter().copied().collect())
+                        .unwrap_or_default();
+                    let extra = s.voters.len() - rf as usize;
+                    prop_assert!(s.voters.len() >= rf as usize, "{:?}", s);
+                    let kept_live_leaving = s.voters.iter().filter(|id| by_id[*id].leaving && by_id[*id].health != Health::Dead && had.contains(id)).count();
+                    prop_assert!(stays.len() + kept_live_leaving >= rf as usize, "{:?}", s);
+                    if eligible >= rf as usize {
+                        prop_assert!(stays.len() >= rf as usize, "{:?}", s);
+                    }
+                    prop_assert_eq!(live, eligible.min(stays.len()), "live nodes first: {:?}", s);
+                    prop_assert!(extra <= had.len(), "more than rf only while holding back: {:?}", s);
+                    for id in held {
+                        prop_assert!(had.contains(&id) && by_id[&id].health != Health::Dead, "held back: {} in {:?}", id, s);
+                    }
+                }
+                prev = Some(a);
             }
         }
     }

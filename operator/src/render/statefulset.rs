@@ -30,6 +30,8 @@ use super::{Context, GOSSIP_PORT, PoolView, RPC_PORT, Settings, labels, names};
 pub const CONFIG_HASH_ANNOTATION: &str = "mail.tern.dev/config-hash";
 /// The agent container's name.
 pub const CONTAINER: &str = "agent";
+/// Where the image puts the agent binary (see the Dockerfile).
+pub const AGENT_BINARY: &str = "/usr/local/bin/tern-agent";
 /// The (non-root) user and group the agent runs as; 65532 is distroless' `nonroot`.
 pub const RUN_AS: i64 = 65532;
 /// Secret files are readable by the owner and the pod's fsGroup only.
@@ -420,6 +422,8 @@ pub(crate) fn build(
                 .unwrap_or_else(|| settings.default_image.clone()),
         ),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_owned()),
+        // The image holds both binaries and sets no entrypoint, so the command is explicit.
+        command: Some(vec![AGENT_BINARY.to_owned()]),
         args: Some(vec!["run".to_owned()]),
         ports: Some(ports),
         env: Some(env),
@@ -982,6 +986,7 @@ mod tests {
             container(sts).image.as_deref(),
             Some("ghcr.io/tern-mail/tern:test")
         );
+        assert_eq!(container(sts).command.clone().unwrap(), [AGENT_BINARY]);
         assert_eq!(container(sts).args.clone().unwrap(), ["run"]);
     }
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every check and test of the repository; CI runs exactly this (.ci/run).
+# Installs what the tests need when it is missing (Debian packages), so it works on a fresh
+# machine with only the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v kubectl >/dev/null || echo "kubectl is not installed: the kustomize checks need it" >&2
+python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "build"
+# tern-dev starts tern-agent processes, so the binaries are built before the tests.
+cargo build --locked --workspace --bins
+
+step "packaging: CRD copies, kustomize, chart, samples against the schema"
+bash scripts/check-packaging.sh
+
+step "tests"
+# Includes the CRD drift test (crds/tests/manifests.rs), the CEL rule tests, placement
+# properties, render golden files, the controller against a fake API server, the local
+# cluster e2e, and the real-cluster e2e when KUBECONFIG is set.
+cargo test --locked --workspace

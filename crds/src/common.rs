@@ -328,9 +328,9 @@ pub struct TaskSpec {
     /// comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        length(min = 1, max = 64),
+        length(min = 1, max = 32),
         inner(
-            length(min = 1, max = 64),
+            length(min = 1, max = 32),
             regex(pattern = r"^[0-9]{1,4}(,[0-9]{1,4})*$")
         )
     )]

@@ -269,10 +269,24 @@ fn cluster_ref_is_immutable() {
 #[test]
 fn volumes_are_fixed_at_creation() {
     let old = cluster(json!({}));
-    assert_refused::<MailCluster>(&cluster(json!({"storage": {"size": "20Gi"}})), Some(&old), "storage is immutable");
-    assert!(check::<MailCluster>(&cluster(json!({"replicas": 5, "replicationFactor": 3})), Some(&old)).is_empty());
+    assert_refused::<MailCluster>(
+        &cluster(json!({"storage": {"size": "20Gi"}})),
+        Some(&old),
+        "storage is immutable",
+    );
+    assert!(
+        check::<MailCluster>(
+            &cluster(json!({"replicas": 5, "replicationFactor": 3})),
+            Some(&old)
+        )
+        .is_empty()
+    );
     let old = role("r", json!({"storage": "none"}));
-    assert_refused::<ClusterRole>(&role("r", json!({"storage": "voter"})), Some(&old), "storage is immutable");
+    assert_refused::<ClusterRole>(
+        &role("r", json!({"storage": "voter"})),
+        Some(&old),
+        "storage is immutable",
+    );
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub mod reason {
     pub const PLACED: &str = "Placed";
     pub const PINNED_SHARD_MISSING: &str = "PinnedShardMissing";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
+    pub const APPLY_REFUSED: &str = "ApplyRefused";
     pub const DELETING: &str = "Deleting";
 }
 

@@ -192,12 +192,24 @@ async fn apply_cluster(cluster: &MailCluster, ctx: &Context, ns: &str) -> Result
             replicas: r,
         })
         .collect();
-    let prepared = render::build(&RenderInput {
+    let built = render::build(&RenderInput {
         cluster,
         pools: render_pools,
         assignment: &assignment,
         settings: &ctx.settings.render,
-    })?;
+    });
+    let prepared = match built {
+        Ok(p) => p,
+        // The spec names something that cannot be built (a listener on the gossip port, say).
+        Err(e) if e.is_permanent() => {
+            let problem = Problem {
+                reason: reason::INVALID_SPEC,
+                message: e.to_string(),
+            };
+            return report_problem(cluster, ctx, ns, &observed, &pools, problem).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     // Apply.
     for secret in apply::create_missing_secrets(&ctx.client, cluster).await? {
@@ -210,7 +222,19 @@ async fn apply_cluster(cluster: &MailCluster, ctx: &Context, ns: &str) -> Result
         )
         .await;
     }
-    let applied = apply::apply(&ctx.client, ns, prepared).await?;
+    let applied = match apply::apply(&ctx.client, ns, prepared).await {
+        Ok(a) => a,
+        // The API server refused an object (an immutable StatefulSet field, an admission
+        // policy): retrying the same object cannot help, so say why and wait for a change.
+        Err(e) if e.is_permanent() => {
+            let problem = Problem {
+                reason: reason::APPLY_REFUSED,
+                message: e.to_string(),
+            };
+            return report_problem(cluster, ctx, ns, &observed, &pools, problem).await;
+        }
+        Err(e) => return Err(e),
+    };
     let published = observed.previous.as_ref().map(|a| a.epoch);
     if published != Some(assignment.epoch) {
         info!(epoch = assignment.epoch, "published assignment");

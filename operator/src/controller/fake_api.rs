@@ -38,6 +38,9 @@ struct State {
     calls: Vec<Call>,
     resource_version: u64,
     uid: u64,
+    /// Paths whose writes are refused with 422, as an admission check or an immutable field
+    /// would.
+    refused: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Default)]
@@ -247,6 +250,15 @@ impl FakeApi {
             .collect()
     }
 
+    /// Makes every write to `path` fail with 422 Invalid and `message`.
+    pub fn refuse_writes(&self, path: &str, message: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .refused
+            .insert(path.to_string(), message.to_string());
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().unwrap().calls.clone()
     }
@@ -318,6 +330,11 @@ impl FakeApi {
         });
         let (collection, name, sub) = split(&path);
         let key = name.as_ref().map(|n| format!("{collection}/{n}"));
+        if parts.method != Method::GET
+            && let Some(message) = key.as_ref().and_then(|k| st.refused.get(k))
+        {
+            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message.clone());
+        }
         match (parts.method.clone(), key) {
             (Method::GET, None) => {
                 if query_param(&query, "watch") == Some("true") {

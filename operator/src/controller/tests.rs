@@ -533,3 +533,116 @@ async fn a_role_without_its_cluster_says_so() {
     orphans::reconcile(Arc::new(group), ctx).await.unwrap();
     assert!(writes(&fake.calls()).is_empty());
 }
+
+#[tokio::test]
+async fn a_listener_on_the_gossip_port_is_reported_not_retried() {
+    let (fake, ctx) = setup(json!({"listeners": {"imap": {"port": 7946}}}));
+    reconcile(&fake, &ctx).await;
+    let action = reconcile(&fake, &ctx).await;
+    assert_eq!(action, Action::await_change());
+    let mc = fake.get(MC).unwrap();
+    let ready = cond(&mc, "Ready");
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(
+        ready["message"].as_str().unwrap().contains("7946"),
+        "{ready}"
+    );
+    assert!(fake.get(&apps("mail-default")).is_none());
+}
+
+#[tokio::test]
+async fn an_object_the_api_server_refuses_is_reported_not_retried() {
+    let (fake, ctx) = setup(json!({}));
+    fake.refuse_writes(
+        &apps("mail-default"),
+        "spec: Forbidden: updates to statefulset spec for fields other than ... are forbidden",
+    );
+    reconcile(&fake, &ctx).await;
+    let action = reconcile(&fake, &ctx).await;
+    assert_eq!(action, Action::await_change());
+    let mc = fake.get(MC).unwrap();
+    let degraded = cond(&mc, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("ApplyRefused"))
+    );
+    assert!(
+        degraded["message"].as_str().unwrap().contains("Forbidden"),
+        "{degraded}"
+    );
+}
+
+mod leader_election {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::super::fake_api::FakeApi;
+    use crate::leader::{LeaderElector, LeaseConfig};
+
+    const LEASE: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/tern-system/leases/tern-operator-leader";
+
+    fn elector(client: &kube::Client, who: &str) -> LeaderElector {
+        LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace: "tern-system".into(),
+                name: "tern-operator-leader".into(),
+                identity: who.into(),
+                duration: Duration::from_secs(15),
+                retry: Duration::from_secs(5),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn one_leader_at_a_time_and_takeover_after_expiry() {
+        let (client, fake) = FakeApi::start();
+        let (a, b) = (elector(&client, "op-a"), elector(&client, "op-b"));
+        assert!(
+            a.try_acquire_or_renew().await.unwrap(),
+            "first candidate creates the lease"
+        );
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap(),
+            "a held lease is respected"
+        );
+        assert!(a.try_acquire_or_renew().await.unwrap(), "the holder renews");
+        assert_eq!(fake.get(LEASE).unwrap()["spec"]["holderIdentity"], "op-a");
+
+        // The holder stops renewing: after the lease duration the other takes over.
+        fake.edit(LEASE, |l| {
+            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+        });
+        assert!(b.try_acquire_or_renew().await.unwrap());
+        let lease = fake.get(LEASE).unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "op-b");
+        assert_eq!(lease["spec"]["leaseTransitions"], 1);
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap(),
+            "the old holder sees it lost"
+        );
+
+        // A graceful release hands over at once.
+        b.release().await;
+        assert!(a.try_acquire_or_renew().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn two_candidates_racing_for_an_expired_lease_cannot_both_win() {
+        let (client, fake) = FakeApi::start();
+        let old = elector(&client, "op-old");
+        assert!(old.try_acquire_or_renew().await.unwrap());
+        fake.edit(LEASE, |l| {
+            l["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z")
+        });
+        let (a, b) = (elector(&client, "op-a"), elector(&client, "op-b"));
+        let (ra, rb) = tokio::join!(a.try_acquire_or_renew(), b.try_acquire_or_renew());
+        let winners = [ra.unwrap(), rb.unwrap()].iter().filter(|w| **w).count();
+        assert_eq!(
+            winners, 1,
+            "resourceVersion makes the second replace a conflict"
+        );
+    }
+}

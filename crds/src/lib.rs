@@ -26,11 +26,12 @@ pub const GROUP: &str = "mail.tern.dev";
 /// The one served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
-/// Every CRD Tern installs, in a stable order, with the file name it is committed under.
+/// Every CRD Tern installs with the file name it is committed under, in file-name order (so
+/// `tern-operator crd` prints exactly `cat crds/manifests/*.yaml`).
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("mailclusters.yaml", MailCluster::crd()),
         ("clusterroles.yaml", ClusterRole::crd()),
+        ("mailclusters.yaml", MailCluster::crd()),
         ("usergroups.yaml", UserGroup::crd()),
     ]
 }

@@ -50,6 +50,26 @@ fn committed_manifests_parse_back_into_the_same_crds() {
 }
 
 #[test]
+fn printed_crds_are_the_committed_files_in_order() {
+    let mut files: Vec<_> = std::fs::read_dir(manifests_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let committed: String = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    if std::env::var_os("UPDATE_CRDS").is_none() {
+        assert_eq!(
+            tern_crds::all_crds_yaml(),
+            committed,
+            "`tern-operator crd` equals `cat crds/manifests/*.yaml`"
+        );
+    }
+}
+
+#[test]
 fn every_crd_follows_the_conventions() {
     for (_, crd) in tern_crds::crds() {
         let name = &crd.metadata.name.clone().unwrap();

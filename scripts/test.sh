@@ -33,4 +33,13 @@ step "tests"
 # Includes the CRD drift test (crds/tests/manifests.rs), the CEL rule tests, placement
 # properties, render golden files, the controller against a fake API server, the local
 # cluster e2e, and the real-cluster e2e when KUBECONFIG is set.
-cargo test --locked --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

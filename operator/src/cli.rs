@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Serialize;
 use tern_crds::{ClusterRole, MailCluster, UserGroup};
 
 use crate::controller::{self, Context, plan};
@@ -154,34 +153,8 @@ fn render_files(args: &[&str]) -> Result<(), String> {
             settings: &settings.render,
         })
         .map_err(|e| e.to_string())?;
-        let render::Prepared {
-            statefulsets,
-            services,
-            config_maps,
-            pdbs,
-            service_account,
-            role,
-            role_binding,
-        } = prepared;
-        let mut docs: Vec<serde_json::Value> = vec![];
-        push(&mut docs, &[service_account])?;
-        push(&mut docs, &[role])?;
-        push(&mut docs, &[role_binding])?;
-        push(&mut docs, &config_maps)?;
-        push(&mut docs, &services)?;
-        push(&mut docs, &statefulsets)?;
-        push(&mut docs, &pdbs)?;
-        for doc in docs {
-            let yaml = serde_saphyr::to_string(&doc).map_err(|e| e.to_string())?;
-            write!(out, "---\n{yaml}").map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
-fn push<T: Serialize>(docs: &mut Vec<serde_json::Value>, objs: &[T]) -> Result<(), String> {
-    for o in objs {
-        docs.push(serde_json::to_value(o).map_err(|e| e.to_string())?);
+        let yaml = prepared.to_yaml().map_err(|e| e.to_string())?;
+        out.write_all(yaml.as_bytes()).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -1,0 +1,273 @@
+//! The state machine: one [`Command`] in, its writes into the entry's batch, an [`Outcome`]
+//! out.
+
+mod directory;
+mod messages;
+
+use std::ops::Bound;
+
+use tern_store::{Batch, Engine, StoreError};
+
+use crate::command::{Command, Outcome, Reply, encode_outcome};
+use crate::error::MailError;
+use crate::keys::{self, KEYSPACES};
+use crate::records::IdemRecord;
+use crate::source::{Source, Txn};
+
+/// Expired idempotency records one command deletes at most: enough to keep up with the rate
+/// at which they are written (at most one per command), bounded so no entry does much work.
+const IDEMPOTENCY_PRUNE_PER_COMMAND: usize = 4;
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 512;
+
+/// Applies mail commands to a shard's state. Deterministic: the same state and command give
+/// the same writes and the same response on every replica.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MailStateMachine;
+
+/// Why a command step stopped: a refusal (a response) or a local storage failure (no
+/// response; the replica must stop applying).
+pub(crate) enum Fail {
+    Mail(MailError),
+    Store(StoreError),
+}
+
+impl From<MailError> for Fail {
+    fn from(e: MailError) -> Self {
+        Fail::Mail(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+pub(crate) type Step<T> = Result<T, Fail>;
+
+impl MailStateMachine {
+    pub fn new() -> Self {
+        Self
+    }
+
+    /// The keyspaces [`apply`](Self::apply) writes.
+    pub fn keyspaces(&self) -> &'static [&'static str] {
+        KEYSPACES
+    }
+
+    /// Applies one encoded [`Command`] for `shard`.
+    ///
+    /// Reads the state as of the previous entry through `engine` (ops already in `batch` are
+    /// not read, so the caller writes each entry's batch before applying the next) and, when
+    /// the command succeeds, appends its writes to `batch`; a refused command writes nothing.
+    /// Returns the encoded [`Outcome`] ([`crate::decode_response`]); a malformed command is
+    /// an `Err(MailError::Malformed)` outcome.
+    ///
+    /// `Err` only when reading the engine failed (I/O, corruption): that is local to this
+    /// replica, so it must not become a response, which would make replicas diverge. The Raft
+    /// layer treats it as a storage error and stops the replica.
+    pub fn apply(
+        &self,
+        shard: u32,
+        engine: &dyn Engine,
+        batch: &mut Batch,
+        command: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let command = match Command::decode(command) {
+            Ok(command) => command,
+            Err(e) => return Ok(encode_outcome(&Err(e))),
+        };
+        let mut txn = Txn::new(engine, shard);
+        let idempotency = match idempotency(&command) {
+            Ok(idempotency) => idempotency,
+            Err(e) => return Ok(encode_outcome(&Err(e))),
+        };
+        if let Some((key, _)) = &idempotency
+            && let Some(record) = txn.load::<IdemRecord>(keys::IDEM, &keys::idem_key(shard, key))?
+        {
+            return Ok(record.response);
+        }
+        let outcome: Outcome = match execute(&mut txn, command) {
+            Ok(reply) => Ok(reply),
+            Err(Fail::Mail(e)) => Err(e),
+            Err(Fail::Store(e)) => return Err(e),
+        };
+        let response = encode_outcome(&outcome);
+        if outcome.is_ok() {
+            if let Some((key, now)) = idempotency {
+                remember(&mut txn, &key, now, &response);
+                prune_idempotency(&mut txn, now)?;
+            }
+            txn.commit(batch);
+        }
+        Ok(response)
+    }
+}
+
+fn execute(txn: &mut Txn<'_>, command: Command) -> Step<Reply> {
+    match command {
+        Command::CreateDomain { domain, now } => directory::create_domain(txn, &domain, now),
+        Command::DeleteDomain { domain } => directory::delete_domain(txn, &domain),
+        Command::CreateAccount {
+            address,
+            password_hash,
+            quota_bytes,
+            now,
+        } => directory::create_account(txn, &address, password_hash, quota_bytes, now),
+        Command::DeleteAccount { address } => directory::delete_account(txn, &address),
+        Command::SetPassword {
+            address,
+            password_hash,
+        } => directory::set_password(txn, &address, password_hash),
+        Command::SetQuota {
+            address,
+            quota_bytes,
+        } => directory::set_quota(txn, &address, quota_bytes),
+        Command::AddAlias { alias, account } => directory::add_alias(txn, &alias, &account),
+        Command::RemoveAlias { alias } => directory::remove_alias(txn, &alias),
+        Command::CreateMailbox {
+            account,
+            name,
+            special_use,
+            now,
+        } => directory::create_mailbox(txn, &account, &name, special_use, now),
+        Command::DeleteMailbox { account, name } => directory::delete_mailbox(txn, &account, &name),
+        Command::RenameMailbox {
+            account,
+            from,
+            to,
+            now,
+        } => directory::rename_mailbox(txn, &account, &from, &to, now),
+        Command::Subscribe { account, name } => directory::subscribe(txn, &account, &name, true),
+        Command::Unsubscribe { account, name } => directory::subscribe(txn, &account, &name, false),
+        Command::Deliver {
+            idempotency_key: _,
+            recipients,
+            mailbox,
+            internal_date,
+            flags,
+            body,
+            now: _,
+        } => messages::deliver(
+            txn,
+            &recipients,
+            mailbox.as_deref(),
+            internal_date,
+            &flags,
+            &body,
+        ),
+        Command::Append {
+            account,
+            mailbox,
+            flags,
+            internal_date,
+            body,
+            idempotency_key: _,
+            now: _,
+        } => messages::append(txn, &account, &mailbox, &flags, internal_date, &body),
+        Command::Store {
+            account,
+            mailbox,
+            uids,
+            op,
+            flags,
+            unchanged_since,
+        } => messages::store(txn, &account, &mailbox, &uids, op, &flags, unchanged_since),
+        Command::Expunge {
+            account,
+            mailbox,
+            uids,
+        } => messages::expunge(txn, &account, &mailbox, uids.as_ref()),
+        Command::Copy {
+            account,
+            from,
+            to,
+            uids,
+        } => messages::copy(txn, &account, &from, &to, &uids, false),
+        Command::Move {
+            account,
+            from,
+            to,
+            uids,
+        } => messages::copy(txn, &account, &from, &to, &uids, true),
+    }
+}
+
+/// The idempotency key and clock of a command that has one.
+fn idempotency(command: &Command) -> Result<Option<(Vec<u8>, i64)>, MailError> {
+    let (key, now) = match command {
+        Command::Deliver {
+            idempotency_key,
+            now,
+            ..
+        } => (idempotency_key, *now),
+        Command::Append {
+            idempotency_key: Some(idempotency_key),
+            now,
+            ..
+        } => (idempotency_key, *now),
+        _ => return Ok(None),
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(MailError::InvalidCommand(format!(
+            "idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+        )));
+    }
+    Ok(Some((key.clone(), now)))
+}
+
+fn clock(now: i64) -> u64 {
+    u64::try_from(now).unwrap_or(0)
+}
+
+fn remember(txn: &mut Txn<'_>, key: &[u8], now: i64, response: &[u8]) {
+    let shard = txn.shard();
+    let record = IdemRecord {
+        at: now,
+        response: response.to_vec(),
+    };
+    txn.put_record(keys::IDEM, keys::idem_key(shard, key), &record);
+    txn.put(
+        keys::IDEM,
+        keys::idem_time(shard, clock(now), key),
+        Vec::new(),
+    );
+}
+
+/// Deletes a few idempotency records older than the TTL, oldest first, by the proposer's clock
+/// (in the command, so every replica deletes the same ones).
+fn prune_idempotency(txn: &mut Txn<'_>, now: i64) -> Result<(), StoreError> {
+    let cutoff = now.saturating_sub(crate::IDEMPOTENCY_TTL_MS);
+    if cutoff <= 0 {
+        return Ok(());
+    }
+    let shard = txn.shard();
+    let start = keys::idem_times(shard);
+    let end = keys::idem_time(shard, clock(cutoff), &[]);
+    let expired = txn.scan(
+        keys::IDEM,
+        Bound::Included(&start),
+        Bound::Excluded(&end),
+        IDEMPOTENCY_PRUNE_PER_COMMAND,
+    )?;
+    for (time_key, _) in expired {
+        let Some(rest) = time_key.get(start.len()..) else {
+            continue;
+        };
+        if rest.len() < 8 {
+            continue;
+        }
+        let (at, key) = rest.split_at(8);
+        let record_key = keys::idem_key(shard, key);
+        // Only the record this index entry was written for; a newer one has its own entry.
+        if let Some(record) = txn.load::<IdemRecord>(keys::IDEM, &record_key)?
+            && clock(record.at).to_be_bytes() == at
+        {
+            txn.delete(keys::IDEM, record_key);
+        }
+        txn.delete(keys::IDEM, time_key);
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! The engine trait and the types every engine shares.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::ops::Bound;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::redb_engine::RedbEngine;
+use crate::sled_engine::SledEngine;
+
+/// An embedded, ordered key-value store with named keyspaces.
+///
+/// Keyspaces are created on first use. Keys and values are arbitrary bytes; keys are ordered
+/// bytewise. Object safe, so the agent holds an `Arc<dyn Engine>` chosen at start-up.
+pub trait Engine: Send + Sync + 'static {
+    /// The value stored under `key`, if any.
+    fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Ordered scan of [start, end) (either bound optional), at most `limit` pairs, ascending or
+    /// descending. A range whose start lies after its end is empty.
+    fn scan(
+        &self,
+        keyspace: &'static str,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// Applies every put/delete of the batch atomically (all keyspaces together) — after a crash
+    /// either all or none are visible. Operations apply in order, so the last one on a key wins.
+    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError>;
+
+    /// Makes everything written so far durable (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Bytes on disk and bytes of live keys+values (for space amplification). Reads every key,
+    /// so it is for tests, benchmarks and occasional metrics, not for a hot path.
+    fn space(&self) -> Result<Space, StoreError>;
+
+    /// Reclaims space after churn (sled: nothing or its own GC; redb: `compact()`).
+    fn compact(&self) -> Result<(), StoreError>;
+}
+
+/// A key and its value, as a scan returns them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// When a write must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (fsync) before `write` returns: what an acknowledgement may rest on.
+    Immediate,
+    /// Made durable by the next `Immediate` write or `flush`; lost by a crash before that.
+    Deferred,
+}
+
+/// One operation of a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Stores `value` under `key`, replacing any previous value.
+    Put {
+        keyspace: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Removes `key`; removing an absent key is not an error.
+    Delete {
+        keyspace: &'static str,
+        key: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// The keyspace the operation writes to.
+    pub fn keyspace(&self) -> &'static str {
+        match self {
+            Op::Put { keyspace, .. } | Op::Delete { keyspace, .. } => keyspace,
+        }
+    }
+}
+
+/// Puts and deletes over any keyspaces, applied atomically by [`Engine::write`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(
+        &mut self,
+        keyspace: &'static str,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> &mut Self {
+        self.ops.push(Op::Put {
+            keyspace,
+            key: key.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    pub fn delete(&mut self, keyspace: &'static str, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(Op::Delete {
+            keyspace,
+            key: key.into(),
+        });
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Number of operations (not of distinct keys).
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+
+    /// Rejects the batch as a whole before any of it is applied.
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        self.ops
+            .iter()
+            .try_for_each(|op| validate_keyspace(op.keyspace()))
+    }
+}
+
+/// Space used by a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes the store's files occupy on disk (allocated blocks on Unix).
+    pub disk_bytes: u64,
+    /// Sum of key and value lengths over all live entries.
+    pub live_bytes: u64,
+}
+
+impl Space {
+    /// `disk_bytes / live_bytes`; infinite for an empty store.
+    pub fn amplification(&self) -> f64 {
+        self.disk_bytes as f64 / self.live_bytes as f64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage engine: {0}")]
+    Engine(String),
+    #[error("invalid keyspace name {0:?}: use 1 to 64 characters of a-z, 0-9, '_', '-', '.'")]
+    InvalidKeyspace(String),
+    #[error("{dir} holds a {found} store, not a {wanted} one")]
+    WrongEngine {
+        dir: String,
+        found: EngineKind,
+        wanted: EngineKind,
+    },
+}
+
+impl StoreError {
+    /// A stable, low-cardinality name for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            StoreError::Io(_) => "io",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Engine(_) => "engine",
+            StoreError::InvalidKeyspace(_) => "invalid_keyspace",
+            StoreError::WrongEngine { .. } => "wrong_engine",
+        }
+    }
+}
+
+/// Keyspace names become redb table names and sled tree names; a narrow alphabet keeps them
+/// clear of sled's `__sled__default` tree and of anything a file system or shell treats specially.
+pub(crate) fn validate_keyspace(keyspace: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&keyspace.len())
+        && keyspace
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.'))
+        && !keyspace.starts_with("__");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidKeyspace(keyspace.to_owned()))
+    }
+}
+
+/// True when no key can lie between `start` and `end`. Both engines (like `BTreeMap`) may
+/// panic on such ranges, so callers answer them without asking the engine.
+pub(crate) fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e))
+        | (Bound::Excluded(s), Bound::Excluded(e)) => s >= e,
+        _ => false,
+    }
+}
+
+/// Makes the entries of directory `path` (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    fs::File::open(path)?.sync_all()?;
+    // Elsewhere a directory cannot be opened as a file; its entries go with the files' syncs.
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Bytes that the files under `path` occupy on disk.
+pub(crate) fn disk_usage(path: &Path) -> io::Result<u64> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        let mut total = 0;
+        for entry in fs::read_dir(path)? {
+            total += disk_usage(&entry?.path())?;
+        }
+        Ok(total)
+    } else {
+        Ok(allocated_bytes(&meta))
+    }
+}
+
+#[cfg(unix)]
+fn allocated_bytes(meta: &fs::Metadata) -> u64 {
+    // Blocks actually allocated, so sparse regions do not count; st_blocks is in 512-byte units.
+    std::os::unix::fs::MetadataExt::blocks(meta) * 512
+}
+
+#[cfg(not(unix))]
+fn allocated_bytes(meta: &fs::Metadata) -> u64 {
+    meta.len()
+}
+
+/// The storage engines Tern can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    Redb,
+    Sled,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Redb, EngineKind::Sled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Redb => "redb",
+            EngineKind::Sled => "sled",
+        }
+    }
+
+    /// The file or directory inside a store directory that holds this engine's data.
+    fn data_path(self) -> &'static str {
+        match self {
+            EngineKind::Redb => "store.redb",
+            EngineKind::Sled => "sled",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "redb" => Ok(EngineKind::Redb),
+            "sled" => Ok(EngineKind::Sled),
+            other => Err(format!(
+                "unknown storage engine {other:?}: expected \"redb\" or \"sled\""
+            )),
+        }
+    }
+}
+
+/// Opens (creating if needed) the store of engine `kind` in directory `dir`.
+///
+/// Refuses a directory that holds the other engine's data: switching engines must not look
+/// like an empty store, which would silently drop every acknowledged write on this node.
+pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StoreError> {
+    fs::create_dir_all(dir)?;
+    for other in EngineKind::ALL.into_iter().filter(|k| *k != kind) {
+        if dir.join(other.data_path()).exists() {
+            return Err(StoreError::WrongEngine {
+                dir: dir.display().to_string(),
+                found: other,
+                wanted: kind,
+            });
+        }
+    }
+    let path = dir.join(kind.data_path());
+    let engine: Arc<dyn Engine> = match kind {
+        EngineKind::Redb => Arc::new(RedbEngine::open(&path)?),
+        EngineKind::Sled => Arc::new(SledEngine::open(&path)?),
+    };
+    // The engines sync their files, not the directories naming them: without this a power
+    // loss soon after the first start could take the whole store file with it.
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok(engine)
+}

@@ -10,3 +10,4 @@ pub mod cli;
 pub mod follow;
 pub mod http;
 pub mod node;
+pub mod replica;

@@ -11,3 +11,4 @@ pub mod follow;
 pub mod http;
 pub mod node;
 pub mod replica;
+pub mod rpc;

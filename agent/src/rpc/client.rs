@@ -1,0 +1,336 @@
+//! The RPC client: openraft's network for one shard, over connections shared by all shards.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tern_raft::{Node, NodeId, ShardId, TypeConfig};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::wire::{
+    MAX_FRAME, RpcKind, RpcRequest, RpcResponse, decode, encode, read_frame, write_frame,
+};
+
+/// Idle connections kept per peer address, for the next request of any shard.
+const IDLE_PER_PEER: usize = 4;
+
+type Stream = TlsStream<TcpStream>;
+type Pool = Arc<Mutex<BTreeMap<String, Vec<Stream>>>>;
+
+/// openraft's network for one shard of this node.
+///
+/// Clones, and the networks of other shards made with [`for_shard`](Self::for_shard), share
+/// one pool of idle connections per peer.
+#[derive(Clone)]
+pub struct Network {
+    pub tls: Arc<ClientConfig>,
+    pub shard: ShardId,
+    idle: Pool,
+}
+
+impl Network {
+    pub fn new(tls: Arc<ClientConfig>, shard: ShardId) -> Self {
+        Self {
+            tls,
+            shard,
+            idle: Pool::default(),
+        }
+    }
+
+    /// The network of another shard, sharing this one's connections.
+    pub fn for_shard(&self, shard: ShardId) -> Self {
+        Self {
+            tls: self.tls.clone(),
+            shard,
+            idle: self.idle.clone(),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
+        Connection {
+            network: self.clone(),
+            target,
+            node: node.clone(),
+            stream: None,
+        }
+    }
+}
+
+/// One shard's link to one peer. It holds at most one connection, taken from (and, when it
+/// is dropped, given back to) the pool of its [`Network`].
+pub struct Connection {
+    network: Network,
+    target: NodeId,
+    node: Node,
+    stream: Option<Stream>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let mut idle = self
+                .network
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let streams = idle.entry(self.node.rpc_addr.clone()).or_default();
+            if streams.len() < IDLE_PER_PEER {
+                streams.push(stream);
+            }
+        }
+    }
+}
+
+/// Why a call failed, before it is given openraft's error type.
+enum CallError {
+    Unreachable(io::Error),
+    Timeout(Duration),
+    Network(io::Error),
+    /// The request does not fit in one frame.
+    TooLarge,
+}
+
+impl Connection {
+    /// Sends `kind` and waits for the answer, within `option.hard_ttl()`.
+    async fn call(&mut self, kind: RpcKind, option: &RPCOption) -> Result<RpcResponse, CallError> {
+        let ttl = option.hard_ttl();
+        let deadline = Instant::now() + ttl;
+        let body = encode(&RpcRequest {
+            shard: self.network.shard,
+            kind,
+        })
+        .map_err(CallError::Network)?;
+        if body.len() > MAX_FRAME as usize {
+            return Err(CallError::TooLarge);
+        }
+        // A kept connection may have been closed by the peer meanwhile (restarted, idle); then
+        // the request is sent once more on a new one. Raft's RPCs may be repeated safely.
+        for attempt in 0..2 {
+            let reused = match self.stream.take().or_else(|| self.take_idle()) {
+                Some(stream) => {
+                    self.stream = Some(stream);
+                    true
+                }
+                None => {
+                    let stream = tokio::time::timeout_at(deadline, self.connect())
+                        .await
+                        .map_err(|_| {
+                            CallError::Unreachable(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("connecting to {} timed out", self.node.rpc_addr),
+                            ))
+                        })?
+                        .map_err(CallError::Unreachable)?;
+                    self.stream = Some(stream);
+                    false
+                }
+            };
+            let Some(stream) = self.stream.as_mut() else {
+                unreachable!("a stream was just put in place");
+            };
+            let exchange = async {
+                write_frame(stream, &body).await?;
+                read_frame(stream).await
+            };
+            match tokio::time::timeout_at(deadline, exchange).await {
+                Ok(Ok(frame)) => {
+                    return decode(&frame).map_err(|e| {
+                        self.stream = None;
+                        CallError::Network(e)
+                    });
+                }
+                Ok(Err(error)) => {
+                    self.stream = None;
+                    if is_tls_refusal(&error) {
+                        // With TLS 1.3 the client hears that the server refused its
+                        // certificate only at its first read: the peer cannot be connected to.
+                        return Err(CallError::Unreachable(error));
+                    }
+                    if !(reused && attempt == 0) {
+                        return Err(CallError::Network(error));
+                    }
+                }
+                Err(_) => {
+                    // The answer may still come; the connection is out of step. Drop it.
+                    self.stream = None;
+                    return Err(CallError::Timeout(ttl));
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    fn take_idle(&self) -> Option<Stream> {
+        self.network
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&self.node.rpc_addr)
+            .and_then(Vec::pop)
+    }
+
+    /// TCP connect and TLS handshake; the server's certificate must name the host of
+    /// `rpc_addr` (an IP address SAN for an address).
+    async fn connect(&self) -> io::Result<Stream> {
+        let addr = &self.node.rpc_addr;
+        let name = server_name(addr)?;
+        let tcp = TcpStream::connect(addr.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        TlsConnector::from(self.network.tls.clone())
+            .connect(name, tcp)
+            .await
+    }
+
+    fn error<E: std::error::Error>(
+        &self,
+        error: CallError,
+        action: RPCTypes,
+        entries: u64,
+    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+        match error {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+            // openraft sends fewer entries next time (half as many), or, for another request,
+            // treats it as any failure to send.
+            CallError::TooLarge => match action {
+                RPCTypes::AppendEntries => RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint((entries / 2).max(1)),
+                ),
+                _ => RPCError::Network(NetworkError::new(&io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("request exceeds the {MAX_FRAME}-byte frame limit"),
+                ))),
+            },
+            CallError::Timeout(timeout) => RPCError::Timeout(Timeout {
+                action,
+                // The network does not know this node's id; openraft only displays it.
+                id: 0,
+                target: self.target,
+                timeout,
+            }),
+        }
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        error: RaftError<NodeId, E>,
+    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.target,
+            self.node.clone(),
+            error,
+        ))
+    }
+
+    /// An answer that is not the one asked for: the peer does not run the shard (openraft
+    /// should back off, as from a peer that is down), or speaks another protocol.
+    fn unexpected<E: std::error::Error>(
+        &mut self,
+        response: RpcResponse,
+    ) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
+        match response {
+            RpcResponse::UnknownShard(shard) => RPCError::Unreachable(Unreachable::new(
+                &io::Error::other(format!("{} does not run shard {shard}", self.node.rpc_addr)),
+            )),
+            other => {
+                self.stream = None;
+                RPCError::Network(NetworkError::new(&io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected answer from {}: {other:?}", self.node.rpc_addr),
+                )))
+            }
+        }
+    }
+}
+
+/// Whether `error` is TLS refusing the session (an alert, a certificate not accepted) rather
+/// than the connection breaking.
+fn is_tls_refusal(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// The TLS server name of `host:port`: an IP address, or a DNS name.
+fn server_name(rpc_addr: &str) -> io::Result<ServerName<'static>> {
+    if let Ok(addr) = rpc_addr.parse::<SocketAddr>() {
+        return Ok(ServerName::IpAddress(addr.ip().into()));
+    }
+    let host = rpc_addr
+        .rsplit_once(':')
+        .map_or(rpc_addr, |(host, _port)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    ServerName::try_from(host.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no TLS server name in {rpc_addr:?}: {e}"),
+        )
+    })
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let entries = rpc.entries.len() as u64;
+        match self.call(RpcKind::AppendEntries(rpc), &option).await {
+            Ok(RpcResponse::AppendEntries(Ok(reply))) => Ok(reply),
+            Ok(RpcResponse::AppendEntries(Err(e))) => Err(self.remote(e)),
+            Ok(other) => Err(self.unexpected(other)),
+            Err(e) => Err(self.error(e, RPCTypes::AppendEntries, entries)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(RpcKind::InstallSnapshot(rpc), &option).await {
+            Ok(RpcResponse::InstallSnapshot(Ok(reply))) => Ok(reply),
+            Ok(RpcResponse::InstallSnapshot(Err(e))) => Err(self.remote(e)),
+            Ok(other) => Err(self.unexpected(other)),
+            Err(e) => Err(self.error(e, RPCTypes::InstallSnapshot, 0)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(RpcKind::Vote(rpc), &option).await {
+            Ok(RpcResponse::Vote(Ok(reply))) => Ok(reply),
+            Ok(RpcResponse::Vote(Err(e))) => Err(self.remote(e)),
+            Ok(other) => Err(self.unexpected(other)),
+            Err(e) => Err(self.error(e, RPCTypes::Vote, 0)),
+        }
+    }
+}

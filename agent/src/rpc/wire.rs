@@ -1,0 +1,86 @@
+//! The frames and messages of agent-to-agent RPC.
+
+use std::io;
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tern_raft::{NodeId, ShardId, TypeConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest frame either side sends or accepts: 64 MiB. A larger length prefix is refused
+/// (and the connection closed) before anything is allocated for it.
+pub const MAX_FRAME: u32 = 64 << 20;
+
+/// A request for one shard's Raft group on the peer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RpcRequest {
+    pub shard: ShardId,
+    pub kind: RpcKind,
+}
+
+/// The Raft RPC a request carries.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcKind {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+/// The answer to an [`RpcRequest`]: openraft's own result, or a refusal by the transport.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// The peer does not (or no longer, or not yet) run the shard's Raft group.
+    UnknownShard(ShardId),
+}
+
+pub(crate) fn encode<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {
+    postcard::to_stdvec(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes one frame and flushes it (TLS buffers until flushed).
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|len| *len <= MAX_FRAME)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame of {} bytes exceeds {MAX_FRAME}", body.len()),
+            )
+        })?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+/// Reads one frame. A length above [`MAX_FRAME`] is `InvalidData`; the end of the stream
+/// before a frame starts is `UnexpectedEof`.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+    let mut len = [0; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {MAX_FRAME}"),
+        ));
+    }
+    let mut body = vec![0; len as usize];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}

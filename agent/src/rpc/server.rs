@@ -17,6 +17,10 @@ use super::wire::{RpcKind, RpcRequest, RpcResponse, decode, encode, read_frame, 
 
 /// How long a peer has to complete the TLS handshake after connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may sit without completing a frame. Clients pool idle connections
+/// and retry once on a fresh one, so closing an idle one costs nothing; a peer that sends half
+/// a frame and stalls no longer holds a task forever.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The shards this node runs, by id; the server looks a request's shard up for each request,
 /// so shards may come and go while it runs.
@@ -35,6 +39,8 @@ pub struct RpcStats {
     pub unknown_shard: AtomicU64,
     /// Requests answered.
     pub requests: AtomicU64,
+    /// Connections closed because no complete frame arrived within the idle timeout.
+    pub idle_closed: AtomicU64,
 }
 
 /// Serves RPC on `listener` until the task is dropped (aborted).
@@ -79,7 +85,7 @@ pub async fn serve_with_stats(
                     return;
                 }
             };
-            connection(stream, peer, &shards, &stats).await;
+            connection(stream, peer, &shards, &stats, IDLE_TIMEOUT).await;
         });
     }
 }
@@ -90,9 +96,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     shards: &Shards,
     stats: &RpcStats,
+    idle_timeout: Duration,
 ) {
     loop {
-        let request = match read_frame(&mut stream).await.and_then(|f| decode(&f)) {
+        let frame = match tokio::time::timeout(idle_timeout, read_frame(&mut stream)).await {
+            Ok(frame) => frame,
+            Err(_) => {
+                stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "rpc: no complete frame in time, closing the connection");
+                return;
+            }
+        };
+        let request = match frame.and_then(|f| decode(&f)) {
             Ok(request) => request,
             Err(error) if error.kind() == io::ErrorKind::InvalidData => {
                 stats.malformed_frames.fetch_add(1, Ordering::Relaxed);
@@ -131,5 +146,32 @@ async fn dispatch(shards: &Shards, stats: &RpcStats, request: RpcRequest) -> Rpc
         RpcKind::InstallSnapshot(rpc) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_stalled_half_frame_is_dropped_after_the_idle_timeout() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let shards: Shards = Arc::default();
+        let stats = RpcStats::default();
+        // A length prefix announcing 100 bytes, then only 3 of them, then silence.
+        client.write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection(server, peer, &shards, &stats, Duration::from_millis(100)),
+        )
+        .await;
+        assert!(
+            served.is_ok(),
+            "the connection task ends instead of waiting forever"
+        );
+        assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 1);
+        drop(client);
     }
 }

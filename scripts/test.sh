@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v kubectl >/dev/null || echo "kubectl is not installed: the kustomize checks need it" >&2
+# kubectl renders the kustomize bases in the packaging check (Debian ships it as kubernetes-client).
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -24,7 +24,8 @@ step "lint"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
 step "build"
-# tern-dev starts tern-agent processes, so the binaries are built before the tests.
+# The e2e and agent tests start tern-agent processes (`tern-agent dev`, `tern-agent run`), so
+# the binaries are built before the tests.
 cargo build --locked --workspace --bins
 
 step "packaging: CRD copies, kustomize, chart, samples against the schema"

@@ -12,7 +12,109 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
 use crate::follow::Shared;
+use crate::rpc::ShardStatus;
+use crate::shards::ShardHost;
+
+/// Per-shard gauges and the host's counters, in Prometheus text format.
+fn shard_metrics(out: &mut String, host: &ShardHost) {
+    let statuses = host.shard_statuses();
+    type Gauge = (&'static str, &'static str, fn(&ShardStatus) -> u64);
+    let gauges: [Gauge; 5] = [
+        (
+            "tern_shard_leader",
+            "1 when this node leads the shard.",
+            |s| u64::from(s.is_leader),
+        ),
+        (
+            "tern_shard_term",
+            "Raft term of the shard's replica.",
+            |s| s.term,
+        ),
+        (
+            "tern_shard_last_log_index",
+            "Last log index of the shard's replica.",
+            |s| s.last_log_index.unwrap_or(0),
+        ),
+        (
+            "tern_shard_applied_index",
+            "Log index applied by the shard's replica.",
+            |s| s.applied.unwrap_or(0),
+        ),
+        (
+            "tern_shard_abstaining",
+            "1 while an empty replica catches up and abstains from votes.",
+            |s| u64::from(s.abstaining),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (shard, status) in &statuses {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(status));
+        }
+    }
+    let s = &host.stats;
+    let counters = [
+        (
+            "tern_store_writes_total",
+            "Writes asked of the replicated store on this node.",
+            &s.writes,
+        ),
+        (
+            "tern_store_writes_forwarded_total",
+            "Writes forwarded to another node's leader.",
+            &s.writes_forwarded,
+        ),
+        (
+            "tern_store_writes_unavailable_total",
+            "Writes refused as temporarily unavailable.",
+            &s.writes_unavailable,
+        ),
+        (
+            "tern_store_reads_total",
+            "Linearizable read barriers.",
+            &s.reads,
+        ),
+        (
+            "tern_store_reads_unavailable_total",
+            "Read barriers refused as temporarily unavailable.",
+            &s.reads_unavailable,
+        ),
+        (
+            "tern_store_entries_proposed_total",
+            "Raft entries this node proposed as a leader.",
+            &s.entries,
+        ),
+        (
+            "tern_store_commands_proposed_total",
+            "Commands carried by those entries.",
+            &s.commands,
+        ),
+        (
+            "tern_store_membership_steps_total",
+            "Membership changes started as a leader.",
+            &s.membership_steps,
+        ),
+        (
+            "tern_store_shards_initialized_total",
+            "New shards this node initialised.",
+            &s.shards_initialized,
+        ),
+        (
+            "tern_store_shards_left_total",
+            "Shards this node left (data deleted).",
+            &s.shards_left,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
+    }
+}
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -20,20 +122,51 @@ pub struct View {
     pub node: String,
     pub pool: String,
     pub followed: Shared,
+    /// Whether this node holds data (then it is ready only once its shards run).
+    pub stores: bool,
+    /// The node's shards, once it runs them (storage nodes).
+    pub host: Arc<OnceLock<Arc<ShardHost>>>,
 }
 
 impl View {
-    /// Ready once the followed assignment names this node: only then does it know its part.
+    /// Ready once the followed assignment names this node (only then does it know its part)
+    /// and, on a storage node, once it runs a settled replica of every shard assigned to it.
     pub fn ready(&self) -> Result<u64, String> {
         let st = self.followed.lock().unwrap_or_else(|e| e.into_inner());
-        match &st.current {
-            None => Err("no assignment yet".into()),
-            Some(a) if !a.nodes.contains_key(&self.node) => Err(format!(
-                "assignment epoch {} does not name {}",
-                a.epoch, self.node
-            )),
-            Some(a) => Ok(a.epoch),
+        let (epoch, id) = match &st.current {
+            None => return Err("no assignment yet".into()),
+            Some(a) => match a.node_id(&self.node) {
+                None => {
+                    return Err(format!(
+                        "assignment epoch {} does not name {}",
+                        a.epoch, self.node
+                    ));
+                }
+                Some(id) => (a.epoch, id),
+            },
+        };
+        let Some(host) = self.host.get() else {
+            if self.stores {
+                return Err("the store is not running yet".into());
+            }
+            return Ok(epoch);
+        };
+        let running: BTreeMap<u32, ShardStatus> = host.shard_statuses().into_iter().collect();
+        let assigned = st
+            .current
+            .iter()
+            .flat_map(|a| &a.shards)
+            .filter(|s| s.voters.contains(&id) || s.learners.contains(&id));
+        for shard in assigned {
+            match running.get(&shard.id) {
+                None => return Err(format!("shard {} is not running yet", shard.id)),
+                Some(s) if s.abstaining => {
+                    return Err(format!("shard {} is catching up", shard.id));
+                }
+                Some(_) => {}
+            }
         }
+        Ok(epoch)
     }
 
     pub fn metrics(&self) -> String {
@@ -72,6 +205,10 @@ impl View {
             "tern_agent_assignment_unreadable_total {}",
             st.unreadable
         );
+        drop(st);
+        if let Some(host) = self.host.get() {
+            shard_metrics(&mut out, host);
+        }
         out
     }
 }

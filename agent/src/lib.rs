@@ -6,9 +6,14 @@
 //! Mail protocols, gossip and Raft build on it.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
+pub mod dev;
 pub mod follow;
 pub mod http;
 pub mod node;
+pub mod pki;
 pub mod replica;
 pub mod rpc;
+pub mod serve;
+pub mod shards;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Config;
-use tern_agent::replica::MailApp;
+use tern_agent::replica::{MailApp, decode_group, encode_group};
 use tern_mail::{Command, MailReader, Reply, decode_response};
 use tern_raft::testing::{Router, TempDir};
 use tern_raft::{Node, NodeId, Request, ShardRaft, Storage, new_raft};
@@ -86,11 +86,13 @@ async fn leader(replicas: &[Replica], not: Option<NodeId>) -> NodeId {
 async fn propose(raft: &ShardRaft, command: &Command) -> (u64, Reply) {
     let written = raft
         .client_write(Request {
-            bytes: command.encode(),
+            bytes: encode_group(&[command.encode()]),
         })
         .await
         .expect("committed");
-    let reply = decode_response(&written.data.bytes).expect("the command succeeds");
+    let outcomes = decode_group(&written.data.bytes).expect("one group of outcomes");
+    assert_eq!(outcomes.len(), 1);
+    let reply = decode_response(outcomes[0]).expect("the command succeeds");
     (written.log_id.index, reply)
 }
 

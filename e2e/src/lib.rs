@@ -1,3 +1,3 @@
-//! Tern's end-to-end tests (under `tests/`), the local cluster launcher (`tern-dev`) and,
-//! later, the benchmark driver.
+//! Tern's end-to-end tests (under `tests/`, driving `tern-agent dev` for local clusters) and
+//! the benchmark driver (`src/bin/`).
 #![forbid(unsafe_code)]

@@ -10,6 +10,9 @@
 //!   and writes its effects into the entry's [`tern_store::Batch`]. A command either succeeds
 //!   completely or writes nothing; its outcome ([`Outcome`]) is the response bytes
 //!   ([`decode_response`]). Errors are values ([`MailError`]), never panics.
+//! - [`MailStateMachine::apply_many`] runs a group of commands (many client commands in one
+//!   Raft entry) as if each were its own entry: each reads the writes of the group's earlier
+//!   commands that succeeded, and the whole group is one batch, so one engine write.
 //! - [`MailReader`] reads committed state straight from the engine, for IMAP and JMAP.
 //!
 //! The key layout is documented in [`keys`].

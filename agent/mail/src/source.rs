@@ -1,8 +1,10 @@
 //! Reading the mail state: one set of lookups over either the committed state ([`Committed`],
-//! for the read API) or a command's view of it ([`Txn`]: committed state plus the command's
-//! own writes so far).
+//! for the read API) or a command's view of it ([`Txn`]: committed state plus the writes of
+//! the earlier commands of its group plus the command's own writes so far).
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, btree_map};
+use std::iter::Peekable;
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -97,28 +99,117 @@ impl Source for Committed<'_> {
     }
 }
 
-type PendingKey = (&'static str, Vec<u8>);
+/// One keyspace's writes; `None` is a delete.
+type Layer = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
-/// One command's view: the engine (state as of the previous entry) overlaid with the
-/// command's own writes, which reach the entry's batch only if the command succeeds.
+static NO_WRITES: Layer = BTreeMap::new();
+
+/// Puts and deletes that are not in the engine yet, per keyspace, in key order (so they reach
+/// the batch in the same order on every replica). The last write to a key wins.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    keyspaces: BTreeMap<&'static str, Layer>,
+}
+
+impl Writes {
+    fn set(&mut self, keyspace: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.keyspaces
+            .entry(keyspace)
+            .or_default()
+            .insert(key, value);
+    }
+
+    /// `Some(None)` when `key` was deleted, `None` when it was not written.
+    fn get(&self, keyspace: &'static str, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.keyspaces.get(keyspace)?.get(key)
+    }
+
+    /// The writes in a range that is not empty ([`range_is_empty`]), ascending.
+    fn range<'w>(
+        &'w self,
+        keyspace: &'static str,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+    ) -> btree_map::Range<'w, Vec<u8>, Option<Vec<u8>>> {
+        self.keyspaces
+            .get(keyspace)
+            .unwrap_or(&NO_WRITES)
+            .range::<[u8], _>((start, end))
+    }
+
+    /// The smallest key put (not deleted) in [start, end).
+    pub fn first_put(&self, keyspace: &'static str, start: &[u8], end: &[u8]) -> Option<&[u8]> {
+        let range = (Bound::Included(start), Bound::Excluded(end));
+        if range_is_empty(range.0, range.1) {
+            return None;
+        }
+        self.range(keyspace, range.0, range.1)
+            .find(|(_, value)| value.is_some())
+            .map(|(key, _)| key.as_slice())
+    }
+
+    /// Lays `later` over these writes: where both write a key, `later`'s write stays.
+    pub fn absorb(&mut self, later: Writes) {
+        for (keyspace, layer) in later.keyspaces {
+            let mine = self.keyspaces.entry(keyspace).or_default();
+            if mine.is_empty() {
+                *mine = layer;
+                continue;
+            }
+            // One insert per write: `BTreeMap::append` rebuilds the whole map, which over a
+            // group of commands would be quadratic.
+            for (key, value) in layer {
+                mine.insert(key, value);
+            }
+        }
+    }
+
+    /// Appends the writes to `batch`, by keyspace, then by key.
+    pub fn write_to(self, batch: &mut Batch) {
+        for (keyspace, layer) in self.keyspaces {
+            for (key, value) in layer {
+                match value {
+                    Some(value) => batch.put(keyspace, key, value),
+                    None => batch.delete(keyspace, key),
+                };
+            }
+        }
+    }
+}
+
+/// True when no key lies between `start` and `end`, as the engine answers it (`BTreeMap::range`
+/// panics on some of these ranges).
+fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
+        | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
+        _ => false,
+    }
+}
+
+/// One command's view: the engine (state as of the previous entry), overlaid with the writes
+/// of the earlier commands of its group that succeeded, overlaid with the command's own
+/// writes, which join the group's only if the command succeeds.
 pub(crate) struct Txn<'a> {
     engine: &'a dyn Engine,
     shard: u32,
-    /// `None` is a delete. Ordered, so the batch comes out the same on every replica.
-    pending: BTreeMap<PendingKey, Option<Vec<u8>>>,
+    staged: &'a Writes,
+    pending: Writes,
 }
 
 impl<'a> Txn<'a> {
-    pub fn new(engine: &'a dyn Engine, shard: u32) -> Self {
+    pub fn new(engine: &'a dyn Engine, shard: u32, staged: &'a Writes) -> Self {
         Self {
             engine,
             shard,
-            pending: BTreeMap::new(),
+            staged,
+            pending: Writes::default(),
         }
     }
 
     pub fn put(&mut self, keyspace: &'static str, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.insert((keyspace, key), Some(value));
+        self.pending.set(keyspace, key, Some(value));
     }
 
     pub fn put_record<T: Serialize>(&mut self, keyspace: &'static str, key: Vec<u8>, value: &T) {
@@ -126,27 +217,41 @@ impl<'a> Txn<'a> {
     }
 
     pub fn delete(&mut self, keyspace: &'static str, key: Vec<u8>) {
-        self.pending.insert((keyspace, key), None);
+        self.pending.set(keyspace, key, None);
     }
 
-    /// Appends the command's writes to `batch`, in key order.
-    pub fn commit(self, batch: &mut Batch) {
-        for ((keyspace, key), value) in self.pending {
-            match value {
-                Some(value) => batch.put(keyspace, key, value),
-                None => batch.delete(keyspace, key),
-            };
-        }
+    /// The command's own writes.
+    pub fn into_writes(self) -> Writes {
+        self.pending
     }
 }
 
-fn pending_bound(keyspace: &'static str, bound: Bound<&[u8]>, low: bool) -> Bound<PendingKey> {
-    match bound {
-        Bound::Included(k) => Bound::Included((keyspace, k.to_vec())),
-        Bound::Excluded(k) => Bound::Excluded((keyspace, k.to_vec())),
-        // The keyspace's own end: the smallest key of the keyspace, or past its largest.
-        Bound::Unbounded if low => Bound::Included((keyspace, Vec::new())),
-        Bound::Unbounded => Bound::Unbounded,
+type WriteRange<'w> = Peekable<btree_map::Range<'w, Vec<u8>, Option<Vec<u8>>>>;
+
+/// Two layers of writes over one range, merged in key order; `top` wins on a shared key.
+struct Overlaid<'w> {
+    top: WriteRange<'w>,
+    below: WriteRange<'w>,
+}
+
+impl<'w> Iterator for Overlaid<'w> {
+    type Item = (&'w Vec<u8>, &'w Option<Vec<u8>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let order = match (self.top.peek(), self.below.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((t, _)), Some((b, _))) => t.cmp(b),
+        };
+        match order {
+            Ordering::Less => self.top.next(),
+            Ordering::Greater => self.below.next(),
+            Ordering::Equal => {
+                self.below.next();
+                self.top.next()
+            }
+        }
     }
 }
 
@@ -156,12 +261,18 @@ impl Source for Txn<'_> {
     }
 
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.pending.get(&(keyspace, key.to_vec())) {
+        match self
+            .pending
+            .get(keyspace, key)
+            .or_else(|| self.staged.get(keyspace, key))
+        {
             Some(value) => Ok(value.clone()),
             None => self.engine.get(keyspace, key),
         }
     }
 
+    /// Merges the engine's pairs with the writes as it goes, so the work is bounded by the
+    /// pairs returned and the writes they pass over, not by every write of the group.
     fn scan(
         &self,
         keyspace: &'static str,
@@ -169,44 +280,55 @@ impl Source for Txn<'_> {
         end: Bound<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError> {
-        if limit == 0 {
+        if limit == 0 || range_is_empty(start, end) {
             return Ok(Vec::new());
         }
-        let range = (
-            pending_bound(keyspace, start, true),
-            pending_bound(keyspace, end, false),
-        );
-        // BTreeMap::range panics on inverted ranges; the engine answers them as empty.
-        let inverted = match (&range.0, &range.1) {
-            (Bound::Included(s), Bound::Included(e)) => s > e,
-            (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e))
-            | (Bound::Excluded(s), Bound::Included(e)) => s >= e,
-            _ => false,
-        };
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = if inverted {
-            Vec::new()
-        } else {
-            self.pending
-                .range(range)
-                .filter(|((ks, _), _)| *ks == keyspace)
-                .map(|((_, k), v)| (k, v))
-                .collect()
-        };
-        // Each pending entry can hide at most one engine pair, so this many engine pairs leave
-        // at least `limit` visible ones whenever that many exist.
-        let want = limit.saturating_add(pending.len());
-        let engine_rows = self.engine.scan(keyspace, start, end, want, false)?;
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = engine_rows.into_iter().collect();
-        // Every surviving engine pair lies at or below the last one returned, and at least
-        // `limit` survive when the engine was cut short, so pending puts past it never make
-        // the first `limit`.
-        for (k, v) in pending {
-            match v {
-                Some(v) => merged.insert(k.clone(), v.clone()),
-                None => merged.remove(k),
-            };
+        let mut writes = Overlaid {
+            top: self.pending.range(keyspace, start, end).peekable(),
+            below: self.staged.range(keyspace, start, end).peekable(),
         }
-        Ok(merged.into_iter().take(limit).collect())
+        .peekable();
+        let mut rows = Vec::new().into_iter().peekable();
+        // The last engine key read, and whether the engine has nothing past it.
+        let mut read_to: Option<Vec<u8>> = None;
+        let mut engine_done = false;
+        // Engine pairs that writes replaced or deleted: each one read costs a pair of the page,
+        // so the next read asks for that many more (reads grow geometrically).
+        let mut shadowed = 0usize;
+        let mut out: Vec<KeyValue> = Vec::new();
+        while out.len() < limit {
+            if rows.peek().is_none() && !engine_done {
+                let want = (limit - out.len()).saturating_add(shadowed);
+                let from = match &read_to {
+                    Some(key) => Bound::Excluded(key.as_slice()),
+                    None => start,
+                };
+                let chunk = self.engine.scan(keyspace, from, end, want, false)?;
+                engine_done = chunk.len() < want;
+                if let Some((key, _)) = chunk.last() {
+                    read_to = Some(key.clone());
+                }
+                rows = chunk.into_iter().peekable();
+            }
+            let order = match (writes.peek(), rows.peek()) {
+                (None, None) => break,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((w, _)), Some((r, _))) => w.as_slice().cmp(r.as_slice()),
+            };
+            if order == Ordering::Greater {
+                out.extend(rows.next());
+                continue;
+            }
+            if order == Ordering::Equal {
+                rows.next();
+                shadowed += 1;
+            }
+            if let Some((key, Some(value))) = writes.next() {
+                out.push((key.clone(), value.clone()));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -375,8 +497,6 @@ pub(crate) fn blob_refs<S: Source + ?Sized>(src: &S, hash: &[u8; 32]) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use proptest::prelude::*;
     use tern_store::{Durability, EngineKind};
 
@@ -384,82 +504,112 @@ mod tests {
 
     const KS: &str = "mail_test";
 
-    /// A command's view must equal the committed state with its writes applied, whatever the
-    /// range and the limit; the model is a plain map.
-    fn check_scan(
+    type Write = (u8, Option<u8>);
+
+    fn bound(bound: Bound<u8>) -> Bound<Vec<u8>> {
+        bound.map(|k| vec![k])
+    }
+
+    /// A command's view must equal the committed state with the group's earlier writes and
+    /// then its own applied, whatever the range and the limit; the model is a plain map.
+    fn check_view(
         engine: &dyn Engine,
-        case: u32,
         committed: &BTreeMap<u8, u8>,
-        writes: &[(u8, Option<u8>)],
-        (low, high, limit): (u8, u8, usize),
+        staged_writes: &[Write],
+        own_writes: &[Write],
+        (low, high, limit): (Bound<u8>, Bound<u8>, usize),
     ) -> Result<(), TestCaseError> {
-        let key = |k: u8| [&case.to_be_bytes()[..], &[k]].concat();
+        // Keys are one byte, so the keyspace holds only this case's pairs.
         let mut batch = Batch::new();
+        for k in 0..=u8::MAX {
+            batch.delete(KS, vec![k]);
+        }
         for (k, v) in committed {
-            batch.put(KS, key(*k), vec![*v]);
+            batch.put(KS, vec![*k], vec![*v]);
         }
         engine.write(batch, Durability::Deferred).unwrap();
-        let mut txn = Txn::new(engine, 0);
         let mut model = committed.clone();
-        for (k, v) in writes {
-            match v {
-                Some(v) => {
-                    txn.put(KS, key(*k), vec![*v]);
-                    model.insert(*k, *v);
-                }
-                None => {
-                    txn.delete(KS, key(*k));
-                    model.remove(k);
-                }
-            }
+        let nothing = Writes::default();
+        let mut staged = Txn::new(engine, 0, &nothing);
+        for (k, v) in staged_writes {
+            write(&mut staged, &mut model, *k, *v);
         }
+        let staged = staged.into_writes();
+        let mut txn = Txn::new(engine, 0, &staged);
+        for (k, v) in own_writes {
+            write(&mut txn, &mut model, *k, *v);
+        }
+        let (low, high) = (bound(low), bound(high));
         let got: Vec<(u8, u8)> = txn
-            .scan(
-                KS,
-                Bound::Included(&key(low)),
-                Bound::Excluded(&key(high)),
-                limit,
-            )
+            .scan(KS, as_ref(&low), as_ref(&high), limit)
             .unwrap()
             .into_iter()
-            .map(|(k, v)| (k[4], v[0]))
+            .map(|(k, v)| (k[0], v[0]))
             .collect();
-        let want: Vec<(u8, u8)> = if low < high {
+        let want: Vec<(u8, u8)> = if range_is_empty(as_ref(&low), as_ref(&high)) {
+            Vec::new()
+        } else {
+            let range = (low.map(|k| k[0]), high.map(|k| k[0]));
             model
-                .range(low..high)
+                .range(range)
                 .map(|(k, v)| (*k, *v))
                 .take(limit)
                 .collect()
-        } else {
-            Vec::new()
         };
         prop_assert_eq!(got, want);
         for k in 0..16u8 {
-            let got = txn.get(KS, &key(k)).unwrap().map(|v| v[0]);
+            let got = txn.get(KS, &[k]).unwrap().map(|v| v[0]);
             prop_assert_eq!(got, model.get(&k).copied());
         }
         Ok(())
     }
 
+    fn write(txn: &mut Txn<'_>, model: &mut BTreeMap<u8, u8>, k: u8, v: Option<u8>) {
+        match v {
+            Some(v) => {
+                txn.put(KS, vec![k], vec![v]);
+                model.insert(k, v);
+            }
+            None => {
+                txn.delete(KS, vec![k]);
+                model.remove(&k);
+            }
+        }
+    }
+
+    fn writes() -> impl Strategy<Value = Vec<Write>> {
+        // Mostly deletes, so that pages run past keys the writes hide.
+        let value = prop_oneof![2 => Just(None), 1 => any::<u8>().prop_map(Some)];
+        prop::collection::vec((0u8..16, value), 0..12)
+    }
+
+    fn bounds() -> impl Strategy<Value = Bound<u8>> {
+        prop_oneof![
+            (0u8..17).prop_map(Bound::Included),
+            (0u8..17).prop_map(Bound::Excluded),
+            Just(Bound::Unbounded),
+        ]
+    }
+
     #[test]
-    fn a_commands_view_is_the_committed_state_plus_its_writes() {
+    fn a_commands_view_is_the_committed_state_plus_the_groups_writes_plus_its_own() {
         let dir = std::env::temp_dir().join(format!("tern-mail-txn-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let engine = tern_store::open(EngineKind::Redb, &dir).unwrap();
-        let case = AtomicU32::new(0);
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-            cases: 200,
+            cases: 300,
             ..ProptestConfig::default()
         });
+        let limit = prop_oneof![0usize..8, Just(usize::MAX)];
         let result = runner.run(
             &(
-                prop::collection::btree_map(0u8..16, any::<u8>(), 0..12),
-                prop::collection::vec((0u8..16, prop::option::of(any::<u8>())), 0..10),
-                (0u8..17, 0u8..17, 0usize..8),
+                prop::collection::btree_map(0u8..16, any::<u8>(), 0..14),
+                writes(),
+                writes(),
+                (bounds(), bounds(), limit),
             ),
-            |(committed, writes, range)| {
-                let case = case.fetch_add(1, Ordering::Relaxed);
-                check_scan(&*engine, case, &committed, &writes, range)
+            |(committed, staged, own, range)| {
+                check_view(&*engine, &committed, &staged, &own, range)
             },
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -28,8 +28,10 @@ use super::wire::{
     MAX_FRAME, RpcKind, RpcRequest, RpcResponse, decode, encode, read_frame, write_frame,
 };
 
-/// Idle connections kept per peer address, for the next request of any shard.
-const IDLE_PER_PEER: usize = 4;
+/// Idle connections kept per peer address, for the next request of any shard. Forwarded
+/// writes hold a connection each while they wait for their commit, so under load many are in
+/// use at once; keeping them spares a TLS handshake per request (the peer closes idle ones).
+const IDLE_PER_PEER: usize = 64;
 
 type Stream = TlsStream<TcpStream>;
 type Pool = Arc<Mutex<BTreeMap<String, Vec<Stream>>>>;
@@ -102,13 +104,41 @@ impl Drop for Connection {
     }
 }
 
-/// Why a call failed, before it is given openraft's error type.
-enum CallError {
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The peer could not be connected to (refused, no route, handshake failed or timed out).
+    #[error("unreachable: {0}")]
     Unreachable(io::Error),
+    /// No answer within the time allowed; the request may or may not have been carried out.
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The connection broke or the answer was garbage; the request may have been carried out.
+    #[error("network: {0}")]
     Network(io::Error),
     /// The request does not fit in one frame.
+    #[error("request exceeds the {MAX_FRAME}-byte frame limit")]
     TooLarge,
+}
+
+impl Network {
+    /// Sends one request for this network's shard to the peer `target` at `node`, and waits
+    /// at most `ttl` for the answer (connecting included).
+    pub async fn request(
+        &self,
+        target: NodeId,
+        node: &Node,
+        kind: RpcKind,
+        ttl: Duration,
+    ) -> Result<RpcResponse, CallError> {
+        let mut connection = Connection {
+            network: self.clone(),
+            target,
+            node: node.clone(),
+            stream: None,
+        };
+        connection.call(kind, &RPCOption::new(ttl)).await
+    }
 }
 
 impl Connection {

@@ -19,7 +19,10 @@ mod server;
 mod tls;
 mod wire;
 
-pub use client::{Connection, Network};
-pub use server::{RpcStats, Shards, serve, serve_with_stats};
+pub use client::{CallError, Connection, Network};
+pub use server::{
+    RefusalSource, RpcStats, ShardService, Shards, refusal, serve, serve_service, serve_with_stats,
+    shard_status,
+};
 pub use tls::{TlsConfig, TlsError};
-pub use wire::{MAX_FRAME, RpcKind, RpcRequest, RpcResponse};
+pub use wire::{MAX_FRAME, Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus};

@@ -7,13 +7,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::raft::VoteResponse;
 use rustls::ServerConfig;
-use tern_raft::{ShardId, ShardRaft};
+use tern_raft::{Node, NodeId, ShardId, ShardRaft};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::wire::{RpcKind, RpcRequest, RpcResponse, decode, encode, read_frame, write_frame};
+use super::wire::{
+    Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus, decode, encode, read_frame, write_frame,
+};
 
 /// How long a peer has to complete the TLS handshake after connecting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +50,126 @@ pub struct RpcStats {
     pub idle_closed: AtomicU64,
 }
 
+/// What the server needs of the node: the Raft group of a shard, and answers to the requests
+/// that are not Raft's own ([`RpcKind::Write`], [`RpcKind::ReadIndex`], [`RpcKind::Status`]).
+pub trait ShardService: Send + Sync + 'static {
+    /// The shard's running Raft group.
+    fn raft(&self, shard: ShardId) -> Option<ShardRaft>;
+
+    /// Whether this replica must not grant votes for the shard (it started empty while its
+    /// peers hold data, and has not caught up yet).
+    fn abstaining(&self, _shard: ShardId) -> bool {
+        false
+    }
+
+    /// Answers a request that is not a Raft RPC, for a shard this node runs.
+    fn handle(
+        &self,
+        shard: ShardId,
+        raft: ShardRaft,
+        kind: RpcKind,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>>;
+}
+
+/// A bare map of shards answers writes through the leader's Raft directly, one entry per
+/// command (no batching), and read indexes and status from openraft.
+impl ShardService for RwLock<BTreeMap<ShardId, ShardRaft>> {
+    fn raft(&self, shard: ShardId) -> Option<ShardRaft> {
+        self.read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&shard)
+            .cloned()
+    }
+
+    fn handle(
+        &self,
+        _shard: ShardId,
+        raft: ShardRaft,
+        kind: RpcKind,
+    ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
+        Box::pin(async move {
+            match kind {
+                RpcKind::Write(request) => RpcResponse::Write(
+                    raft.client_write(request)
+                        .await
+                        .map(|r| r.data)
+                        .map_err(|e| refusal(&e)),
+                ),
+                RpcKind::ReadIndex => RpcResponse::ReadIndex(
+                    raft.get_read_log_id()
+                        .await
+                        .map(|(read, _applied)| read.map(|id| id.index))
+                        .map_err(|e| refusal(&e)),
+                ),
+                RpcKind::Status => RpcResponse::Status(shard_status(&raft, false)),
+                RpcKind::Query(_) => RpcResponse::Query(Err(Refused::Failed(
+                    "this server answers no queries".into(),
+                ))),
+                other => unreachable!("Raft RPCs are dispatched by the server: {other:?}"),
+            }
+        })
+    }
+}
+
+/// Turns openraft's refusal of a write or read into the wire's.
+pub fn refusal<E: RefusalSource>(error: &RaftError<NodeId, E>) -> Refused {
+    match error {
+        RaftError::APIError(e) => match e.forward_to_leader() {
+            Some(forward) => Refused::NotLeader {
+                leader: forward.leader_id,
+            },
+            None => Refused::Unavailable(e.to_string()),
+        },
+        RaftError::Fatal(e) => Refused::Unavailable(format!("shard stopped: {e}")),
+    }
+}
+
+/// openraft's API errors that may say "not the leader, ask that one".
+pub trait RefusalSource: std::error::Error {
+    fn forward_to_leader(&self) -> Option<&ForwardToLeader<NodeId, Node>>;
+}
+
+impl RefusalSource for ClientWriteError<NodeId, Node> {
+    fn forward_to_leader(&self) -> Option<&ForwardToLeader<NodeId, Node>> {
+        match self {
+            ClientWriteError::ForwardToLeader(f) => Some(f),
+            ClientWriteError::ChangeMembershipError(_) => None,
+        }
+    }
+}
+
+impl RefusalSource for CheckIsLeaderError<NodeId, Node> {
+    fn forward_to_leader(&self) -> Option<&ForwardToLeader<NodeId, Node>> {
+        match self {
+            CheckIsLeaderError::ForwardToLeader(f) => Some(f),
+            CheckIsLeaderError::QuorumNotEnough(_) => None,
+        }
+    }
+}
+
+/// The replica's view of its shard, from openraft's metrics.
+pub fn shard_status(raft: &ShardRaft, abstaining: bool) -> ShardStatus {
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    ShardStatus {
+        initialized: m.last_log_index.is_some() || m.vote.leader_id().term > 0,
+        term: m.vote.leader_id().term,
+        leader: m.current_leader,
+        is_leader: m.state == openraft::ServerState::Leader,
+        last_log_index: m.last_log_index,
+        applied: m.last_applied.map(|id| id.index),
+        voters,
+        learners,
+        committed_membership: m
+            .membership_config
+            .log_id()
+            .is_some_and(|id| m.last_applied.is_some_and(|a| a.index >= id.index)),
+        abstaining,
+    }
+}
+
 /// Serves RPC on `listener` until the task is dropped (aborted).
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shards: Shards) {
     serve_with_stats(listener, tls, shards, Arc::default()).await
@@ -53,6 +180,16 @@ pub async fn serve_with_stats(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     shards: Shards,
+    stats: Arc<RpcStats>,
+) {
+    serve_service(listener, tls, shards, stats).await
+}
+
+/// Serves RPC for `service` on `listener` until the task is dropped (aborted).
+pub async fn serve_service(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    shards: Arc<dyn ShardService>,
     stats: Arc<RpcStats>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -94,7 +231,7 @@ pub async fn serve_with_stats(
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
-    shards: &Shards,
+    shards: &Arc<dyn ShardService>,
     stats: &RpcStats,
     idle_timeout: Duration,
 ) {
@@ -130,22 +267,32 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn dispatch(shards: &Shards, stats: &RpcStats, request: RpcRequest) -> RpcResponse {
-    let raft = shards
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&request.shard)
-        .cloned();
-    let Some(raft) = raft else {
+async fn dispatch(
+    shards: &Arc<dyn ShardService>,
+    stats: &RpcStats,
+    request: RpcRequest,
+) -> RpcResponse {
+    let Some(raft) = shards.raft(request.shard) else {
         stats.unknown_shard.fetch_add(1, Ordering::Relaxed);
         return RpcResponse::UnknownShard(request.shard);
     };
     match request.kind {
         RpcKind::AppendEntries(rpc) => RpcResponse::AppendEntries(raft.append_entries(rpc).await),
+        RpcKind::Vote(_) if shards.abstaining(request.shard) => {
+            // Not a refusal openraft would send itself, but one it handles: the candidate
+            // sees a vote that is not granted and not higher than its own.
+            let m = raft.metrics().borrow().clone();
+            RpcResponse::Vote(Ok(VoteResponse {
+                vote: m.vote,
+                vote_granted: false,
+                last_log_id: m.last_applied,
+            }))
+        }
         RpcKind::Vote(rpc) => RpcResponse::Vote(raft.vote(rpc).await),
         RpcKind::InstallSnapshot(rpc) => {
             RpcResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
+        kind => shards.handle(request.shard, raft, kind).await,
     }
 }
 
@@ -157,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_half_frame_is_dropped_after_the_idle_timeout() {
         let (mut client, server) = tokio::io::duplex(1024);
-        let shards: Shards = Arc::default();
+        let shards: Arc<dyn ShardService> = Shards::default();
         let stats = RpcStats::default();
         // A length prefix announcing 100 bytes, then only 3 of them, then silence.
         client.write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();

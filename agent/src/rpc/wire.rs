@@ -8,7 +8,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
-use tern_raft::{NodeId, ShardId, TypeConfig};
+use tern_raft::{NodeId, Request, Response, ShardId, TypeConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest frame either side sends or accepts: 64 MiB. A larger length prefix is refused
@@ -28,6 +28,52 @@ pub enum RpcKind {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write for the shard's leader: an encoded application command (see
+    /// [`crate::replica`]); a non-leader answers [`Refused::NotLeader`].
+    Write(Request),
+    /// The first half of a linearizable read on a follower or learner: the leader confirms
+    /// its leadership with a quorum and answers the log index the reader must have applied.
+    ReadIndex,
+    /// What the peer knows of the shard: for bootstrapping, catching up and leaving.
+    Status,
+    /// A linearizable read answered by the peer's replica (an encoded query, see
+    /// `crate::shards::Query`), for nodes that hold no replica of the shard.
+    Query(Request),
+}
+
+/// Why a peer did not carry out a [`RpcKind::Write`] or [`RpcKind::ReadIndex`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refused {
+    /// The peer is not the shard's leader; `leader` is the one it knows of, if any.
+    NotLeader { leader: Option<NodeId> },
+    /// The shard cannot commit now (no quorum reachable, leadership being lost, shutting
+    /// down); a temporary condition.
+    Unavailable(String),
+    /// The peer could not apply the command: the state machine stopped on a storage error.
+    Failed(String),
+}
+
+/// One replica's view of a shard, answered to [`RpcKind::Status`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardStatus {
+    /// Whether the replica has ever stored anything for the shard (a vote or a log entry).
+    pub initialized: bool,
+    /// The replica's vote's term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Whether it is the leader (and has heard a quorum recently).
+    pub is_leader: bool,
+    pub last_log_index: Option<u64>,
+    pub applied: Option<u64>,
+    /// Voters and learners of the shard's membership in its log (the last one, committed or
+    /// not); `committed_membership` says whether that one is known committed.
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub committed_membership: bool,
+    /// Replicas that started empty while their peers had data abstain from votes until
+    /// they have caught up (see `crate::shards`).
+    pub abstaining: bool,
 }
 
 /// The answer to an [`RpcRequest`]: openraft's own result, or a refusal by the transport.
@@ -40,6 +86,13 @@ pub enum RpcResponse {
     ),
     /// The peer does not (or no longer, or not yet) run the shard's Raft group.
     UnknownShard(ShardId),
+    /// The command's encoded response.
+    Write(Result<Response, Refused>),
+    /// The log index a linearizable read must wait for (`None`: nothing committed yet).
+    ReadIndex(Result<Option<u64>, Refused>),
+    Status(ShardStatus),
+    /// The encoded answer to a [`RpcKind::Query`].
+    Query(Result<Response, Refused>),
 }
 
 pub(crate) fn encode<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {

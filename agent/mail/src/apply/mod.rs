@@ -1,5 +1,5 @@
-//! The state machine: one [`Command`] in, its writes into the entry's batch, an [`Outcome`]
-//! out.
+//! The state machine: one [`Command`] (or a group of them) in, its writes into the entry's
+//! batch, an [`Outcome`] per command out.
 
 mod directory;
 mod messages;
@@ -12,7 +12,7 @@ use crate::command::{Command, Outcome, Reply, encode_outcome};
 use crate::error::MailError;
 use crate::keys::{self, KEYSPACES};
 use crate::records::IdemRecord;
-use crate::source::{Source, Txn};
+use crate::source::{Source, Txn, Writes};
 
 /// Expired idempotency records one command deletes at most: enough to keep up with the rate
 /// at which they are written (at most one per command), bounded so no entry does much work.
@@ -68,6 +68,8 @@ impl MailStateMachine {
     /// `Err` only when reading the engine failed (I/O, corruption): that is local to this
     /// replica, so it must not become a response, which would make replicas diverge. The Raft
     /// layer treats it as a storage error and stops the replica.
+    ///
+    /// The same as [`apply_many`](Self::apply_many) with one command.
     pub fn apply(
         &self,
         shard: u32,
@@ -75,11 +77,74 @@ impl MailStateMachine {
         batch: &mut Batch,
         command: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
+        let mut group = Group::new(engine, shard);
+        let response = group.apply(command)?;
+        group.write_to(batch);
+        Ok(response)
+    }
+
+    /// Applies several encoded [`Command`]s for `shard` in order, as if each were its own
+    /// entry applied after the previous one: command `k` reads the state as of the previous
+    /// entry (through `engine`, as [`apply`](Self::apply)) plus the writes of the commands
+    /// `0..k` that succeeded. A refused command leaves no trace: the commands after it do not
+    /// see its writes and none reach `batch`.
+    ///
+    /// The writes of the whole group are appended to `batch` at the end, once per key (the
+    /// last write wins), by keyspace and key, so the group is one engine write and every
+    /// replica builds the same batch. The engine state after writing it is the one that
+    /// applying the commands one by one, one batch each, would leave. Returns one encoded
+    /// [`Outcome`] per command, in order.
+    ///
+    /// `Err` only when reading the engine failed, as for [`apply`](Self::apply); `batch` is
+    /// then left as it was.
+    pub fn apply_many(
+        &self,
+        shard: u32,
+        engine: &dyn Engine,
+        batch: &mut Batch,
+        commands: &[&[u8]],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut group = Group::new(engine, shard);
+        let responses = commands
+            .iter()
+            .map(|command| group.apply(command))
+            .collect::<Result<Vec<_>, _>>()?;
+        group.write_to(batch);
+        Ok(responses)
+    }
+}
+
+/// Commands applied one after another over the same engine state; their writes collect in
+/// `staged` until the group is written as one batch.
+struct Group<'a> {
+    engine: &'a dyn Engine,
+    shard: u32,
+    /// The writes of the commands that succeeded so far.
+    staged: Writes,
+    /// No idempotency time-index entry lies below this key (in the engine overlaid with
+    /// `staged`). The next prune starts its scan here rather than at the start of the index,
+    /// so a group does not read again, command after command, the entries its earlier
+    /// commands pruned.
+    prune_from: Vec<u8>,
+}
+
+impl<'a> Group<'a> {
+    fn new(engine: &'a dyn Engine, shard: u32) -> Self {
+        Self {
+            engine,
+            shard,
+            staged: Writes::default(),
+            prune_from: keys::idem_times(shard),
+        }
+    }
+
+    fn apply(&mut self, command: &[u8]) -> Result<Vec<u8>, StoreError> {
         let command = match Command::decode(command) {
             Ok(command) => command,
             Err(e) => return Ok(encode_outcome(&Err(e))),
         };
-        let mut txn = Txn::new(engine, shard);
+        let shard = self.shard;
+        let mut txn = Txn::new(self.engine, shard, &self.staged);
         let idempotency = match idempotency(&command) {
             Ok(idempotency) => idempotency,
             Err(e) => return Ok(encode_outcome(&Err(e))),
@@ -96,13 +161,29 @@ impl MailStateMachine {
         };
         let response = encode_outcome(&outcome);
         if outcome.is_ok() {
+            let mut prune_from = None;
             if let Some((key, now)) = idempotency {
                 remember(&mut txn, &key, now, &response);
-                prune_idempotency(&mut txn, now)?;
+                prune_from = Some(prune_idempotency(&mut txn, now, &self.prune_from)?);
             }
-            txn.commit(batch);
+            let writes = txn.into_writes();
+            if let Some(prune_from) = prune_from {
+                self.prune_from = prune_from;
+            }
+            // An entry this command put below the mark (a proposer's clock behind the
+            // others') is the next prune's to find.
+            if let Some(below) =
+                writes.first_put(keys::IDEM, &keys::idem_times(shard), &self.prune_from)
+            {
+                self.prune_from = below.to_vec();
+            }
+            self.staged.absorb(writes);
         }
         Ok(response)
+    }
+
+    fn write_to(self, batch: &mut Batch) {
+        self.staged.write_to(batch);
     }
 }
 
@@ -238,28 +319,44 @@ fn remember(txn: &mut Txn<'_>, key: &[u8], now: i64, response: &[u8]) {
 
 /// Deletes a few idempotency records older than the TTL, oldest first, by the proposer's clock
 /// (in the command, so every replica deletes the same ones).
-fn prune_idempotency(txn: &mut Txn<'_>, now: i64) -> Result<(), StoreError> {
+///
+/// `from` is a time-index key below which the command's view holds no entry (the group's
+/// [`Group::prune_from`]); the scan starts there, which finds what a scan from the start of
+/// the index would: the command's own entry (`remember`) is at its clock, past the cutoff.
+/// Returns the new such key for the view after the deletions (the caller lowers it for the
+/// entries the command put).
+fn prune_idempotency(txn: &mut Txn<'_>, now: i64, from: &[u8]) -> Result<Vec<u8>, StoreError> {
     let cutoff = now.saturating_sub(crate::IDEMPOTENCY_TTL_MS);
     if cutoff <= 0 {
-        return Ok(());
+        return Ok(from.to_vec());
     }
     let shard = txn.shard();
     let start = keys::idem_times(shard);
     let end = keys::idem_time(shard, clock(cutoff), &[]);
     let expired = txn.scan(
         keys::IDEM,
-        Bound::Included(&start),
+        Bound::Included(from),
         Bound::Excluded(&end),
         IDEMPOTENCY_PRUNE_PER_COMMAND,
     )?;
+    // A full page leaves the index empty up to its last entry (the smallest key after it is
+    // that key with a zero byte appended); a short one up to the cutoff.
+    let mut emptied_to = match expired.last() {
+        Some((last, _)) if expired.len() == IDEMPOTENCY_PRUNE_PER_COMMAND => {
+            [last.as_slice(), &[0]].concat()
+        }
+        _ => end.max(from.to_vec()),
+    };
     for (time_key, _) in expired {
-        let Some(rest) = time_key.get(start.len()..) else {
+        let entry = time_key
+            .get(start.len()..)
+            .filter(|rest| rest.len() >= 8)
+            .map(|rest| rest.split_at(8));
+        let Some((at, key)) = entry else {
+            // Left in place, so the index is empty only up to it.
+            emptied_to = emptied_to.min(time_key);
             continue;
         };
-        if rest.len() < 8 {
-            continue;
-        }
-        let (at, key) = rest.split_at(8);
         let record_key = keys::idem_key(shard, key);
         // Only the record this index entry was written for; a newer one has its own entry.
         if let Some(record) = txn.load::<IdemRecord>(keys::IDEM, &record_key)?
@@ -269,5 +366,5 @@ fn prune_idempotency(txn: &mut Txn<'_>, now: i64) -> Result<(), StoreError> {
         }
         txn.delete(keys::IDEM, time_key);
     }
-    Ok(())
+    Ok(emptied_to)
 }

@@ -49,14 +49,17 @@ fn uids() -> impl Strategy<Value = UidSet> {
 }
 
 /// Clock: mostly near T0, sometimes past the idempotency TTL.
-fn now() -> impl Strategy<Value = i64> {
+pub fn now() -> impl Strategy<Value = i64> {
     prop_oneof![
         9 => (0i64..5_000).prop_map(|d| T0 + d * 1000),
         1 => Just(T0 + tern_mail::IDEMPOTENCY_TTL_MS + 10_000),
     ]
 }
 
-fn command() -> impl Strategy<Value = Command> {
+/// Any command, on the addresses, mailboxes and bodies above, at clocks drawn from `now`.
+pub fn command<S: Strategy<Value = i64> + 'static>(
+    now: fn() -> S,
+) -> impl Strategy<Value = Command> {
     let address = || pick(ADDRESSES).prop_map(String::from);
     // Mailbox commands mostly name an account that exists, so that most of them do something.
     let owner = || {
@@ -229,7 +232,7 @@ fn command() -> impl Strategy<Value = Command> {
 }
 
 /// State every run starts from, so that most commands do something.
-fn setup() -> Vec<Command> {
+pub fn setup() -> Vec<Command> {
     let account = |address: &str, quota_bytes| Command::CreateAccount {
         address: address.into(),
         password_hash: HASH.into(),
@@ -386,7 +389,7 @@ proptest! {
 
     #[test]
     fn replicas_applying_the_same_entries_end_identical(
-        commands in prop::collection::vec(command(), 1..80),
+        commands in prop::collection::vec(command(now), 1..80),
     ) {
         let a = Shard::new("det-a");
         let b = Shard::new("det-b");

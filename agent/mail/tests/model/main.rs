@@ -3,6 +3,7 @@
 
 mod determinism;
 mod directory;
+mod groups;
 mod messages;
 
 use std::path::PathBuf;
@@ -76,6 +77,25 @@ impl Shard {
             .apply(self.shard, &*self.engine, &mut batch, command)
             .expect("apply reads the engine");
         let ops = batch.len();
+        self.write(batch);
+        (response, ops)
+    }
+
+    /// Applies a group of commands as the Raft layer would put them in one entry: one batch
+    /// for the group, written before the next. Returns the responses and the batch's length.
+    pub fn apply_group(&self, commands: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
+        let mut batch = Batch::new();
+        let commands: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+        let responses = MailStateMachine::new()
+            .apply_many(self.shard, &*self.engine, &mut batch, &commands)
+            .expect("apply_many reads the engine");
+        let ops = batch.len();
+        self.write(batch);
+        (responses, ops)
+    }
+
+    /// Writes an entry's batch, checking that it only touches this shard's keys.
+    fn write(&self, batch: Batch) {
         for op in batch.ops() {
             let key = match op {
                 tern_store::Op::Put { key, .. } | tern_store::Op::Delete { key, .. } => key,
@@ -90,7 +110,6 @@ impl Shard {
         self.engine
             .write(batch, Durability::Deferred)
             .expect("write batch");
-        (response, ops)
     }
 
     pub fn run(&self, command: &Command) -> Outcome {

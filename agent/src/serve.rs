@@ -1,0 +1,225 @@
+//! `tern-agent run`: everything one agent serves, wired together.
+//!
+//! Identity and configuration come from the environment and files ([`Node`]); what else it
+//! reads:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `TERN_STORAGE` | `none` for a pool that holds no data; otherwise the node runs shards |
+//! | `TERN_DATA_DIR` | the volume: the storage engine's files |
+//! | `TERN_STORE_ENGINE` | `redb` (default) or `sled` |
+//! | `TERN_CLUSTER_CA_FILE`, `TERN_AGENT_CERT_FILE`, `TERN_AGENT_KEY_FILE` | agent-to-agent mutual TLS (PEM) |
+//! | `TERN_RPC_ADDR` | where the RPC server listens (default `0.0.0.0:<rpcPort>`) |
+//! | `TERN_PEERS_FILE` | JSON `{pod name: "host:port"}` of every node's RPC server; without it `<pod>.<headlessService>.<namespace>.svc:<rpcPort>` |
+//! | `TERN_ADMIN_ADDR` | where the admin API listens (HTTPS); default: the `https` listener's port when enabled, else no admin API |
+//! | `TERN_ADMIN_PASSWORD_FILE` | the recovery administrator's password |
+//! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM) |
+//! | `TERN_TIMEOUT_MS` | the longest a read or write waits for its shard (default 5000) |
+//! | `TERN_SNAPSHOT_LOGS` | a shard snapshots every this many log entries (default 20000) |
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tern_raft::Storage;
+use tern_store::EngineKind;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminServerConfig};
+use crate::follow::{self, Shared};
+use crate::http::{self, View};
+use crate::node::Node;
+use crate::rpc::{Network, RpcStats, TlsConfig, serve_service};
+use crate::shards::{HostOptions, Peers, ShardHost, raft_config_with_snapshots};
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn need(name: &str) -> Result<String, String> {
+    var(name).ok_or_else(|| format!("{name} is not set"))
+}
+
+fn read(name: &str) -> Result<Vec<u8>, String> {
+    let path = need(name)?;
+    std::fs::read(&path).map_err(|e| format!("{name}={path}: {e}"))
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub async fn run(node: Node) -> Result<(), String> {
+    let followed = Shared::default();
+    let host_cell: Arc<OnceLock<Arc<ShardHost>>> = Arc::default();
+    let stores = var("TERN_STORAGE").is_none_or(|s| s != "none") && var("TERN_DATA_DIR").is_some();
+    let view = View {
+        node: node.name.clone(),
+        pool: node.pool.clone(),
+        followed: followed.clone(),
+        stores,
+        host: host_cell.clone(),
+    };
+    let addr = http::spawn(node.health_addr, view)
+        .await
+        .map_err(|e| format!("{}: {e}", node.health_addr))?;
+    tracing::info!(node = %node.name, pool = %node.pool, %addr, "serving health and metrics");
+    tokio::spawn(follow::run(
+        node.config.cluster.clone(),
+        node.assignment_file.clone(),
+        followed.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let started = async {
+        if stores {
+            start_store(&node, &followed, &host_cell).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::select! {
+        result = started => {
+            result?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    if let Some(host) = host_cell.get() {
+        host.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Opens the store, waits until the assignment names this node, then runs its shards, the
+/// RPC server and the admin API. Returns once they run.
+async fn start_store(
+    node: &Node,
+    followed: &Shared,
+    host_cell: &OnceLock<Arc<ShardHost>>,
+) -> Result<(), String> {
+    let dir = PathBuf::from(need("TERN_DATA_DIR")?);
+    let kind = match var("TERN_STORE_ENGINE").as_deref() {
+        None | Some("redb") => EngineKind::Redb,
+        Some("sled") => EngineKind::Sled,
+        Some(other) => return Err(format!("TERN_STORE_ENGINE={other}: expected redb or sled")),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let open_dir = dir.clone();
+    let engine = tokio::task::spawn_blocking(move || tern_store::open(kind, &open_dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("opening the store in {}: {e}", dir.display()))?;
+    let storage = Storage::new(engine);
+    let tls = TlsConfig::from_pem(
+        &read("TERN_CLUSTER_CA_FILE")?,
+        &read("TERN_AGENT_CERT_FILE")?,
+        &read("TERN_AGENT_KEY_FILE")?,
+    )
+    .map_err(|e| format!("agent TLS: {e}"))?;
+    let rpc_addr: SocketAddr = match var("TERN_RPC_ADDR") {
+        Some(a) => a.parse().map_err(|e| format!("TERN_RPC_ADDR={a}: {e}"))?,
+        None => SocketAddr::from(([0, 0, 0, 0], node.config.rpc_port as u16)),
+    };
+    let peers = match var("TERN_PEERS_FILE") {
+        Some(path) => Peers::file(PathBuf::from(path)),
+        None => Peers::dns(
+            &node.config.headless_service,
+            &node.config.namespace,
+            node.config.rpc_port as u16,
+        ),
+    };
+    let timeout = match var("TERN_TIMEOUT_MS") {
+        Some(ms) => Duration::from_millis(
+            ms.parse()
+                .map_err(|e| format!("TERN_TIMEOUT_MS={ms}: {e}"))?,
+        ),
+        None => Duration::from_secs(5),
+    };
+
+    let snapshot_logs = match var("TERN_SNAPSHOT_LOGS") {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("TERN_SNAPSHOT_LOGS={n}: expected a positive number"))?,
+        None => 20_000,
+    };
+
+    // The node's Raft id comes from the assignment.
+    let node_id = loop {
+        let id = followed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .as_ref()
+            .and_then(|a| a.node_id(&node.name));
+        if let Some(id) = id {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let host = ShardHost::new(
+        HostOptions {
+            node_id,
+            node_name: node.name.clone(),
+            raft: Arc::new(
+                raft_config_with_snapshots(&node.config.cluster, snapshot_logs)
+                    .validate()
+                    .map_err(|e| e.to_string())?,
+            ),
+            timeout,
+            peers,
+        },
+        storage,
+        Network::new(tls.client.clone(), 0),
+    );
+    let listener = TcpListener::bind(rpc_addr)
+        .await
+        .map_err(|e| format!("RPC listener {rpc_addr}: {e}"))?;
+    let stats = Arc::new(RpcStats::default());
+    tokio::spawn(serve_service(
+        listener,
+        tls.server.clone(),
+        host.clone(),
+        stats.clone(),
+    ));
+    tracing::info!(node_id, %rpc_addr, "serving agent RPC");
+    let _ = host_cell.set(host.clone());
+    tokio::spawn(
+        host.clone()
+            .follow(followed.clone(), Duration::from_millis(500)),
+    );
+
+    let admin_addr = match var("TERN_ADMIN_ADDR") {
+        Some(a) => Some(a.parse().map_err(|e| format!("TERN_ADMIN_ADDR={a}: {e}"))?),
+        None => node
+            .config
+            .listeners
+            .get("https")
+            .filter(|l| l.enabled)
+            .map(|l| SocketAddr::from(([0, 0, 0, 0], l.port as u16))),
+    };
+    if let Some(addr) = admin_addr {
+        let password = admin::read_password_file(&PathBuf::from(need("TERN_ADMIN_PASSWORD_FILE")?))
+            .map_err(|e| e.to_string())?;
+        let (bound, _task) = admin::serve(
+            AdminServerConfig {
+                addr,
+                cert_pem: read("TERN_TLS_CERT_FILE")?,
+                key_pem: read("TERN_TLS_KEY_FILE")?,
+                password,
+            },
+            host.clone(),
+        )
+        .await
+        .map_err(|e| format!("admin API: {e}"))?;
+        tracing::info!(%bound, "serving the admin API");
+    }
+    Ok(())
+}

@@ -1,0 +1,483 @@
+//! `tern-bench store`: the replicated store's benchmark on this machine.
+//!
+//! Starts a local cluster of three agents (`tern-agent dev --detach`, release binaries next to
+//! this one), creates one account per shard through the admin API, then:
+//!
+//! 1. **Deliveries**: for 1, 16 and 256 concurrent clients, each delivering 4 KiB messages
+//!    (distinct bodies, fresh idempotency keys) to the shards' leaders over the agents' RPC, for
+//!    a fixed time: deliveries per second and latency percentiles. A delivery counts only when
+//!    the leader answers it, i.e. once it is committed — fsynced on a majority — and applied.
+//! 2. **Failover**: repeatedly SIGKILLs the leader of shard 1 and measures the time from the
+//!    kill to the first delivery committed by the new leader (writes are sent to the surviving
+//!    nodes, following "not the leader" answers); the killed node is restarted and caught up
+//!    before the next trial.
+//!
+//! Usage: `tern-bench store [--dir DIR] [--base-port P] [--seconds S] [--clients 1,16,256]
+//! [--trials N] [--keep]`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tern_agent::admin::AdminClient;
+use tern_agent::dev::Endpoints;
+use tern_agent::pki::LocalPki;
+use tern_agent::rpc::{Network, Refused, RpcKind, RpcResponse, TlsConfig};
+use tern_crds::Assignment;
+use tern_mail::{Command as MailCommand, Reply, decode_response};
+use tern_raft::{Node, NodeId, Request, ShardId};
+
+const BODY_SIZE: usize = 4096;
+const DOMAIN: &str = "bench.test";
+
+struct Options {
+    dir: PathBuf,
+    base_port: u16,
+    seconds: u64,
+    clients: Vec<usize>,
+    trials: usize,
+    keep: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        dir: std::env::temp_dir().join(format!("tern-bench-{}", std::process::id())),
+        base_port: 19000,
+        seconds: 10,
+        clients: vec![1, 16, 256],
+        trials: 20,
+        keep: false,
+    };
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("store") => {}
+        other => return Err(format!("expected `store`, got {other:?}")),
+    }
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--dir" => o.dir = PathBuf::from(value()?),
+            "--base-port" => o.base_port = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--seconds" => o.seconds = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--trials" => o.trials = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--clients" => {
+                o.clients = value()?
+                    .split(',')
+                    .map(|c| c.trim().parse().map_err(|e| format!("--clients: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--keep" => o.keep = true,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("tern-bench: {e}\nusage: tern-bench store [--dir DIR] [--base-port P] [--seconds S] [--clients 1,16,256] [--trials N] [--keep]");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let result = runtime.block_on(run(&options));
+    let _ = Command::new(agent_binary())
+        .args(["dev", "--stop", "--dir"])
+        .arg(&options.dir)
+        .status();
+    if !options.keep {
+        let _ = std::fs::remove_dir_all(&options.dir);
+    }
+    if let Err(e) = result {
+        eprintln!("tern-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `tern-agent` from the same build as this binary.
+fn agent_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    me.with_file_name("tern-agent")
+}
+
+/// The cluster as the benchmark sees it.
+struct Cluster {
+    network: Network,
+    /// Node id → RPC address.
+    nodes: BTreeMap<NodeId, String>,
+    /// Node id → ordinal (for restarts).
+    ordinals: BTreeMap<NodeId, u32>,
+    /// Shard → an account of it.
+    accounts: BTreeMap<ShardId, String>,
+    dir: PathBuf,
+}
+
+async fn run(o: &Options) -> Result<(), String> {
+    let status = Command::new(agent_binary())
+        .args(["dev", "--nodes", "3", "--detach", "--dir"])
+        .arg(&o.dir)
+        .args(["--base-port", &o.base_port.to_string()])
+        .env("RUST_LOG", "warn")
+        .status()
+        .map_err(|e| format!("starting {}: {e}", agent_binary().display()))?;
+    if !status.success() {
+        return Err("tern-agent dev did not start the cluster".into());
+    }
+    let endpoints: Endpoints = read_json(&o.dir.join("endpoints.json"))?;
+    let assignment: Assignment = read_json(&o.dir.join("assignment.json"))?;
+    let pki = LocalPki::load_or_generate(&o.dir.join("pki"), "dev").map_err(|e| e.to_string())?;
+    let (cert, key) = pki
+        .issue(&["127.0.0.1".to_owned()])
+        .map_err(|e| e.to_string())?;
+    let tls = TlsConfig::from_pem(pki.ca_cert_pem.as_bytes(), cert.as_bytes(), key.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let ca = std::fs::read(&endpoints.admin.ca_file).map_err(|e| e.to_string())?;
+    let admin = AdminClient::new(
+        &endpoints.admin.url,
+        &endpoints.admin.user,
+        &endpoints.admin.password,
+        Some(&ca),
+    )
+    .map_err(|e| e.to_string())?;
+    admin
+        .create_domain(DOMAIN)
+        .await
+        .map_err(|e| format!("creating the domain: {e}"))?;
+    let mut accounts = BTreeMap::new();
+    for i in 0.. {
+        if accounts.len() == assignment.shards.len() || i > 10_000 {
+            break;
+        }
+        let address = format!("user{i}@{DOMAIN}");
+        let Some(shard) = assignment.shard_of(&address) else {
+            continue;
+        };
+        if accounts.contains_key(&shard) {
+            continue;
+        }
+        admin
+            .create_account(&address, "bench-password", None)
+            .await
+            .map_err(|e| format!("creating {address}: {e}"))?;
+        accounts.insert(shard, address);
+    }
+    let cluster = Cluster {
+        network: Network::new(tls.client.clone(), 0),
+        nodes: endpoints
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.rpc.clone()))
+            .collect(),
+        ordinals: endpoints
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id, i as u32))
+            .collect(),
+        accounts,
+        dir: o.dir.clone(),
+    };
+    let cluster = Arc::new(cluster);
+    println!(
+        "tern-bench store: 3 nodes, {} shards (replication factor 3), {BODY_SIZE}-byte deliveries, {} s per level",
+        cluster.accounts.len(),
+        o.seconds
+    );
+    println!();
+    println!("{:>8}  {:>12}  {:>9}  {:>9}  {:>9}", "CLIENTS", "DELIVERIES/S", "P50 MS", "P99 MS", "ERRORS");
+    for &clients in &o.clients {
+        let (rate, mut latencies, errors) = deliveries(&cluster, clients, o.seconds).await;
+        latencies.sort_unstable();
+        println!(
+            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99)
+        );
+    }
+    if o.trials > 0 {
+        println!();
+        let mut times = Vec::new();
+        for trial in 1..=o.trials {
+            let t = failover(&cluster, 1).await?;
+            println!("failover trial {trial:>2}: first commit on the new leader after {:.0} ms", t.as_secs_f64() * 1e3);
+            times.push(t);
+        }
+        times.sort_unstable();
+        println!(
+            "failover over {} trials: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            times.len(),
+            percentile(&times, 0.50),
+            percentile(&times, 0.99),
+            times.last().map_or(0.0, |t| t.as_secs_f64() * 1e3)
+        );
+    }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The `q` quantile in milliseconds of sorted durations.
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A 4 KiB message whose body differs per (client, n), so every delivery stores a blob.
+fn message(client: usize, n: u64) -> Vec<u8> {
+    let mut body = format!(
+        "From: bench@{DOMAIN}\r\nTo: someone@{DOMAIN}\r\nSubject: {client}-{n}\r\nMessage-ID: <{client}.{n}@{DOMAIN}>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut x = (client as u64) << 32 ^ n ^ 0x9e37_79b9_7f4a_7c15;
+    while body.len() < BODY_SIZE - 2 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.push(b'a' + (x % 26) as u8);
+        if body.len() % 76 == 0 {
+            body.extend_from_slice(b"\r\n");
+        }
+    }
+    body.truncate(BODY_SIZE - 2);
+    body.extend_from_slice(b"\r\n");
+    body
+}
+
+fn deliver(recipient: &str, key: Vec<u8>, body: Vec<u8>) -> Vec<u8> {
+    MailCommand::Deliver {
+        idempotency_key: key,
+        recipients: vec![recipient.to_owned()],
+        mailbox: None,
+        internal_date: now(),
+        flags: vec![],
+        body,
+        now: now(),
+    }
+    .encode()
+}
+
+/// Sends one delivery to the shard's leader, following "not the leader" answers and trying the
+/// nodes in turn, until `deadline`. Returns whether it was delivered.
+async fn send(
+    cluster: &Cluster,
+    shard: ShardId,
+    leader: &mut NodeId,
+    command: &[u8],
+    deadline: Instant,
+    skip: Option<NodeId>,
+) -> Result<(), String> {
+    let ids: Vec<NodeId> = cluster.nodes.keys().copied().filter(|id| Some(*id) != skip).collect();
+    let mut turn = 0;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err("no leader committed the delivery in time".into());
+        }
+        let target = *leader;
+        let node = Node {
+            rpc_addr: cluster.nodes[&target].clone(),
+        };
+        let answer = cluster
+            .network
+            .for_shard(shard)
+            .request(
+                target,
+                &node,
+                RpcKind::Write(Request {
+                    bytes: command.to_vec(),
+                }),
+                remaining.min(Duration::from_secs(10)),
+            )
+            .await;
+        match answer {
+            Ok(RpcResponse::Write(Ok(response))) => {
+                let outcomes = decode_response(&response.bytes);
+                return match outcomes {
+                    Ok(Reply::Delivered(results)) if results.iter().all(Result::is_ok) => Ok(()),
+                    other => Err(format!("delivery refused: {other:?}")),
+                };
+            }
+            Ok(RpcResponse::Write(Err(Refused::NotLeader { leader: Some(l) })))
+                if Some(l) != skip && cluster.nodes.contains_key(&l) =>
+            {
+                *leader = l;
+            }
+            Ok(RpcResponse::Write(Err(Refused::Failed(why)))) => return Err(why),
+            _ => {
+                turn += 1;
+                *leader = ids[turn % ids.len()];
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+async fn leader_of(cluster: &Cluster, shard: ShardId) -> Option<NodeId> {
+    for (id, addr) in &cluster.nodes {
+        let node = Node {
+            rpc_addr: addr.clone(),
+        };
+        if let Ok(RpcResponse::Status(s)) = cluster
+            .network
+            .for_shard(shard)
+            .request(*id, &node, RpcKind::Status, Duration::from_secs(1))
+            .await
+            && s.is_leader
+        {
+            return Some(*id);
+        }
+    }
+    None
+}
+
+/// `clients` concurrent clients delivering for `seconds`: deliveries per second, every
+/// latency, errors.
+async fn deliveries(cluster: &Arc<Cluster>, clients: usize, seconds: u64) -> (f64, Vec<Duration>, u64) {
+    let mut leaders = BTreeMap::new();
+    for shard in cluster.accounts.keys() {
+        leaders.insert(*shard, leader_of(cluster, *shard).await.unwrap_or(1));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let shards: Vec<ShardId> = cluster.accounts.keys().copied().collect();
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let cluster = cluster.clone();
+        let stop = stop.clone();
+        let errors = errors.clone();
+        let shard = shards[client % shards.len()];
+        let mut leader = leaders[&shard];
+        tasks.push(tokio::spawn(async move {
+            let recipient = cluster.accounts[&shard].clone();
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let key = format!("bench-{}-{client}-{n}", std::process::id()).into_bytes();
+                let command = deliver(&recipient, key, message(client, n));
+                let began = Instant::now();
+                let sent = send(&cluster, shard, &mut leader, &command, began + Duration::from_secs(10), None).await;
+                let took = began.elapsed();
+                match sent {
+                    Ok(()) if began >= measure_from => latencies.push(took),
+                    Ok(()) => {}
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first error: {e}");
+                        }
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(warmup + Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    // Count only deliveries that began inside the measured window.
+    let rate = all.len() as f64 / seconds as f64;
+    (rate, all, errors.load(Ordering::Relaxed))
+}
+
+/// Kills the leader of `shard`, measures the time to the first delivery committed by a new
+/// leader, restarts the old one and waits until it has caught up.
+async fn failover(cluster: &Arc<Cluster>, shard: ShardId) -> Result<Duration, String> {
+    let old = leader_of(cluster, shard)
+        .await
+        .ok_or("shard 1 has no leader")?;
+    let endpoints: Endpoints = read_json(&cluster.dir.join("endpoints.json"))?;
+    let pid = endpoints
+        .nodes
+        .iter()
+        .find(|n| n.id == old)
+        .map(|n| n.pid)
+        .ok_or("no pid for the leader")?;
+    let recipient = cluster.accounts[&shard].clone();
+    let killed = Instant::now();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .map_err(|e| e.to_string())?;
+    let mut leader = *cluster.nodes.keys().find(|id| **id != old).expect("three nodes");
+    let command = deliver(
+        &recipient,
+        format!("failover-{}-{}", std::process::id(), killed.elapsed().as_nanos()).into_bytes(),
+        message(usize::MAX, 0),
+    );
+    send(cluster, shard, &mut leader, &command, killed + Duration::from_secs(30), Some(old)).await?;
+    let took = killed.elapsed();
+    // Bring the old leader back and let it catch up before the next trial.
+    let ordinal = cluster.ordinals[&old];
+    let status = Command::new(agent_binary())
+        .args(["dev", "--restart", &ordinal.to_string(), "--dir"])
+        .arg(&cluster.dir)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("restarting node {old} failed"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("node {old} did not catch up within 60 s"));
+        }
+        let node = Node {
+            rpc_addr: cluster.nodes[&old].clone(),
+        };
+        let mine = cluster
+            .network
+            .for_shard(shard)
+            .request(old, &node, RpcKind::Status, Duration::from_secs(1))
+            .await;
+        let lead = leader_of(cluster, shard).await;
+        if let (Ok(RpcResponse::Status(mine)), Some(l)) = (mine, lead) {
+            let node = Node {
+                rpc_addr: cluster.nodes[&l].clone(),
+            };
+            if let Ok(RpcResponse::Status(theirs)) = cluster
+                .network
+                .for_shard(shard)
+                .request(l, &node, RpcKind::Status, Duration::from_secs(1))
+                .await
+                && mine.applied >= theirs.applied
+                && !mine.abstaining
+            {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(took)
+}

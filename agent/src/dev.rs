@@ -301,8 +301,8 @@ pub struct Endpoints {
     pub dir: PathBuf,
     pub nodes: Vec<NodeEndpoints>,
     pub admin: AdminEndpoint,
-    /// Demo accounts; filled once the admin API can create them.
-    pub accounts: Vec<serde_json::Value>,
+    /// Demo accounts.
+    pub accounts: Vec<DemoAccount>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,6 +329,50 @@ pub struct AdminEndpoint {
     pub url: String,
     /// The CA that signed every node's certificate.
     pub ca_file: PathBuf,
+}
+
+/// An account the local cluster creates for trying it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DemoAccount {
+    pub address: String,
+    pub password: String,
+}
+
+/// The demo domain and account of a local cluster.
+pub const DEMO_DOMAIN: &str = "example.test";
+pub const DEMO_ADDRESS: &str = "demo@example.test";
+
+/// Creates the demo domain and account through the first node's admin API (a cluster that
+/// was started before keeps them, and the account keeps its password, from `demo-password`).
+async fn demo_data(
+    layout: &Layout,
+    admin_password_text: &str,
+    admin_port: u16,
+) -> Result<DemoAccount, String> {
+    let password = admin_password(&layout.file("demo-password"))?;
+    let ca = std::fs::read(layout.ca()).map_err(io_error(&layout.ca()))?;
+    let client = crate::admin::AdminClient::new(
+        &format!("https://127.0.0.1:{admin_port}"),
+        crate::admin::ADMIN_USER,
+        admin_password_text,
+        Some(&ca),
+    )
+    .map_err(|e| e.to_string())?;
+    let exists = |e: &crate::admin::ClientError| e.status() == Some(409);
+    match client.create_domain(DEMO_DOMAIN).await {
+        Ok(()) => {}
+        Err(e) if exists(&e) => {}
+        Err(e) => return Err(format!("creating the demo domain {DEMO_DOMAIN}: {e}")),
+    }
+    match client.create_account(DEMO_ADDRESS, &password, None).await {
+        Ok(()) => {}
+        Err(e) if exists(&e) => {}
+        Err(e) => return Err(format!("creating the demo account {DEMO_ADDRESS}: {e}")),
+    }
+    Ok(DemoAccount {
+        address: DEMO_ADDRESS.to_owned(),
+        password,
+    })
 }
 
 /// Where a local cluster keeps its files: every path follows from the directory, so a later
@@ -663,6 +707,14 @@ async fn run(o: Options) -> Result<(), String> {
         let _ = std::fs::remove_file(layout.pids());
         return Err(e);
     }
+    let demo = match demo_data(&layout, &password, ports[0].admin).await {
+        Ok(demo) => demo,
+        Err(e) => {
+            agents.stop().await;
+            let _ = std::fs::remove_file(layout.pids());
+            return Err(e);
+        }
+    };
 
     let endpoints = Endpoints {
         cluster: CLUSTER.to_owned(),
@@ -687,7 +739,7 @@ async fn run(o: Options) -> Result<(), String> {
             url: format!("https://127.0.0.1:{}", ports[0].admin),
             ca_file: layout.ca(),
         },
-        accounts: vec![],
+        accounts: vec![demo],
     };
     let endpoints_path = match &o.json {
         Some(path) => std::path::absolute(path).map_err(io_error(path))?,
@@ -971,6 +1023,9 @@ fn print_summary(
         endpoints.admin.url,
         endpoints.admin.ca_file.display()
     );
+    for a in &endpoints.accounts {
+        println!("account:   {} / {}", a.address, a.password);
+    }
     println!(
         "logs:      {}",
         endpoints.dir.join("<node>").join("agent.log").display()
@@ -1239,12 +1294,18 @@ mod tests {
                 url: "https://127.0.0.1:17002".into(),
                 ca_file: "/d/pki/ca.crt".into(),
             },
-            accounts: vec![],
+            accounts: vec![DemoAccount {
+                address: DEMO_ADDRESS.into(),
+                password: "pw".into(),
+            }],
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["admin"]["caFile"], "/d/pki/ca.crt");
         assert_eq!(v["nodes"][0]["http"], "127.0.0.1:17000");
-        assert_eq!(v["accounts"], serde_json::json!([]));
+        assert_eq!(
+            v["accounts"],
+            serde_json::json!([{"address": DEMO_ADDRESS, "password": "pw"}])
+        );
     }
 
     #[test]

@@ -200,7 +200,33 @@ fn detached_local_cluster_follows_the_assignment_contract_and_stops() {
             .unwrap()
             .contains("BEGIN CERTIFICATE")
     );
-    assert_eq!(endpoints["accounts"], serde_json::json!([]));
+    // The demo account exists, and every node reads it (created through node 0's admin API).
+    let demo = &endpoints["accounts"][0];
+    assert_eq!(demo["address"], "demo@example.test");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("demo-password")).unwrap(),
+        demo["password"].as_str().unwrap()
+    );
+    let ca = std::fs::read(ca_file).unwrap();
+    for i in 0..3 {
+        let url = format!("https://127.0.0.1:{}", base + 20 * i + 2);
+        let client =
+            tern_agent::admin::AdminClient::new(&url, "admin", password, Some(&ca)).unwrap();
+        let accounts = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(client.list_accounts("example.test"))
+            .unwrap();
+        assert_eq!(
+            accounts
+                .iter()
+                .map(|a| a.address.as_str())
+                .collect::<Vec<_>>(),
+            ["demo@example.test"],
+            "node {i} reads the demo account"
+        );
+    }
     let peers: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("peers.json")).unwrap()).unwrap();
     assert_eq!(peers["dev-default-2"], format!("127.0.0.1:{}", base + 41));

@@ -110,7 +110,40 @@ fn shard_metrics(out: &mut String, host: &ShardHost) {
             &s.shards_left,
         ),
     ];
-    for (name, help, counter) in counters {
+    let r = &host.rpc_stats;
+    let rpc = [
+        (
+            "tern_rpc_connections_total",
+            "Agent RPC connections accepted.",
+            &r.connections,
+        ),
+        (
+            "tern_rpc_handshake_failures_total",
+            "Agent RPC TLS handshakes that failed (e.g. no certificate of the cluster CA).",
+            &r.handshake_failures,
+        ),
+        (
+            "tern_rpc_malformed_frames_total",
+            "Agent RPC connections closed for a malformed frame.",
+            &r.malformed_frames,
+        ),
+        (
+            "tern_rpc_unknown_shard_total",
+            "Agent RPC requests for a shard this node does not run.",
+            &r.unknown_shard,
+        ),
+        (
+            "tern_rpc_requests_total",
+            "Agent RPC requests answered.",
+            &r.requests,
+        ),
+        (
+            "tern_rpc_idle_closed_total",
+            "Agent RPC connections closed after the idle timeout.",
+            &r.idle_closed,
+        ),
+    ];
+    for (name, help, counter) in counters.into_iter().chain(rpc) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
     }

@@ -30,7 +30,7 @@ use crate::admin::{self, AdminServerConfig};
 use crate::follow::{self, Shared};
 use crate::http::{self, View};
 use crate::node::Node;
-use crate::rpc::{Network, RpcStats, TlsConfig, serve_service};
+use crate::rpc::{Network, TlsConfig, serve_service};
 use crate::shards::{HostOptions, Peers, ShardHost, raft_config_with_snapshots};
 
 fn var(name: &str) -> Option<String> {
@@ -182,12 +182,11 @@ async fn start_store(
     let listener = TcpListener::bind(rpc_addr)
         .await
         .map_err(|e| format!("RPC listener {rpc_addr}: {e}"))?;
-    let stats = Arc::new(RpcStats::default());
     tokio::spawn(serve_service(
         listener,
         tls.server.clone(),
         host.clone(),
-        stats.clone(),
+        host.rpc_stats.clone(),
     ));
     tracing::info!(node_id, %rpc_addr, "serving agent RPC");
     let _ = host_cell.set(host.clone());

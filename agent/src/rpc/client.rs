@@ -202,8 +202,13 @@ impl Connection {
                     }
                 }
                 Err(_) => {
-                    // The answer may still come; the connection is out of step. Drop it.
-                    self.stream = None;
+                    // The answer may still come; the connection is out of step. Drop it, and
+                    // abortively: a request still in the kernel's send queue (the peer is
+                    // cut off) must not be retransmitted and carried out minutes later, after
+                    // the caller was told it failed.
+                    if let Some(stream) = self.stream.take() {
+                        let _ = stream.get_ref().0.set_zero_linger();
+                    }
                     return Err(CallError::Timeout(ttl));
                 }
             }

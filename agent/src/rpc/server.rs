@@ -89,7 +89,7 @@ impl ShardService for RwLock<BTreeMap<ShardId, ShardRaft>> {
     ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
         Box::pin(async move {
             match kind {
-                RpcKind::Write(request) => RpcResponse::Write(
+                RpcKind::Write(request, _deadline) => RpcResponse::Write(
                     raft.client_write(request)
                         .await
                         .map(|r| r.data)

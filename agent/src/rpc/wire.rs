@@ -29,8 +29,11 @@ pub enum RpcKind {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A write for the shard's leader: an encoded application command (see
-    /// [`crate::replica`]); a non-leader answers [`Refused::NotLeader`].
-    Write(Request),
+    /// [`crate::replica`]); a non-leader answers [`Refused::NotLeader`]. The second field is
+    /// when the sender stops waiting (milliseconds since the Unix epoch): a leader that
+    /// receives the write later, or cannot propose it by then, refuses it, so a write whose
+    /// sender reported it failed is not carried out long after.
+    Write(Request, u64),
     /// The first half of a linearizable read on a follower or learner: the leader confirms
     /// its leadership with a quorum and answers the log index the reader must have applied.
     ReadIndex,

@@ -85,7 +85,9 @@ fn main() {
     let options = match parse(&args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("tern-bench: {e}\nusage: tern-bench store [--dir DIR] [--base-port P] [--seconds S] [--clients 1,16,256] [--trials N] [--keep]");
+            eprintln!(
+                "tern-bench: {e}\nusage: tern-bench store [--dir DIR] [--base-port P] [--seconds S] [--clients 1,16,256] [--trials N] [--keep]"
+            );
             std::process::exit(2);
         }
     };
@@ -198,7 +200,10 @@ async fn run(o: &Options) -> Result<(), String> {
         o.seconds
     );
     println!();
-    println!("{:>8}  {:>12}  {:>9}  {:>9}  {:>9}", "CLIENTS", "DELIVERIES/S", "P50 MS", "P99 MS", "ERRORS");
+    println!(
+        "{:>8}  {:>12}  {:>9}  {:>9}  {:>9}",
+        "CLIENTS", "DELIVERIES/S", "P50 MS", "P99 MS", "ERRORS"
+    );
     for &clients in &o.clients {
         let (rate, mut latencies, errors) = deliveries(&cluster, clients, o.seconds).await;
         latencies.sort_unstable();
@@ -213,7 +218,10 @@ async fn run(o: &Options) -> Result<(), String> {
         let mut times = Vec::new();
         for trial in 1..=o.trials {
             let t = failover(&cluster, 1).await?;
-            println!("failover trial {trial:>2}: first commit on the new leader after {:.0} ms", t.as_secs_f64() * 1e3);
+            println!(
+                "failover trial {trial:>2}: first commit on the new leader after {:.0} ms",
+                t.as_secs_f64() * 1e3
+            );
             times.push(t);
         }
         times.sort_unstable();
@@ -240,6 +248,12 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     }
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[i].as_secs_f64() * 1e3
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now() -> i64 {
@@ -292,7 +306,12 @@ async fn send(
     deadline: Instant,
     skip: Option<NodeId>,
 ) -> Result<(), String> {
-    let ids: Vec<NodeId> = cluster.nodes.keys().copied().filter(|id| Some(*id) != skip).collect();
+    let ids: Vec<NodeId> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| Some(*id) != skip)
+        .collect();
     let mut turn = 0;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -309,9 +328,12 @@ async fn send(
             .request(
                 target,
                 &node,
-                RpcKind::Write(Request {
-                    bytes: command.to_vec(),
-                }),
+                RpcKind::Write(
+                    Request {
+                        bytes: command.to_vec(),
+                    },
+                    unix_ms() + remaining.as_millis() as u64,
+                ),
                 remaining.min(Duration::from_secs(10)),
             )
             .await;
@@ -358,7 +380,11 @@ async fn leader_of(cluster: &Cluster, shard: ShardId) -> Option<NodeId> {
 
 /// `clients` concurrent clients delivering for `seconds`: deliveries per second, every
 /// latency, errors.
-async fn deliveries(cluster: &Arc<Cluster>, clients: usize, seconds: u64) -> (f64, Vec<Duration>, u64) {
+async fn deliveries(
+    cluster: &Arc<Cluster>,
+    clients: usize,
+    seconds: u64,
+) -> (f64, Vec<Duration>, u64) {
     let mut leaders = BTreeMap::new();
     for shard in cluster.accounts.keys() {
         leaders.insert(*shard, leader_of(cluster, *shard).await.unwrap_or(1));
@@ -385,7 +411,15 @@ async fn deliveries(cluster: &Arc<Cluster>, clients: usize, seconds: u64) -> (f6
                 let key = format!("bench-{}-{client}-{n}", std::process::id()).into_bytes();
                 let command = deliver(&recipient, key, message(client, n));
                 let began = Instant::now();
-                let sent = send(&cluster, shard, &mut leader, &command, began + Duration::from_secs(10), None).await;
+                let sent = send(
+                    &cluster,
+                    shard,
+                    &mut leader,
+                    &command,
+                    began + Duration::from_secs(10),
+                    None,
+                )
+                .await;
                 let took = began.elapsed();
                 match sent {
                     Ok(()) if began >= measure_from => latencies.push(took),
@@ -430,13 +464,30 @@ async fn failover(cluster: &Arc<Cluster>, shard: ShardId) -> Result<Duration, St
         .args(["-KILL", &pid.to_string()])
         .status()
         .map_err(|e| e.to_string())?;
-    let mut leader = *cluster.nodes.keys().find(|id| **id != old).expect("three nodes");
+    let mut leader = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != old)
+        .expect("three nodes");
     let command = deliver(
         &recipient,
-        format!("failover-{}-{}", std::process::id(), killed.elapsed().as_nanos()).into_bytes(),
+        format!(
+            "failover-{}-{}",
+            std::process::id(),
+            killed.elapsed().as_nanos()
+        )
+        .into_bytes(),
         message(usize::MAX, 0),
     );
-    send(cluster, shard, &mut leader, &command, killed + Duration::from_secs(30), Some(old)).await?;
+    send(
+        cluster,
+        shard,
+        &mut leader,
+        &command,
+        killed + Duration::from_secs(30),
+        Some(old),
+    )
+    .await?;
     let took = killed.elapsed();
     // Bring the old leader back and let it catch up before the next trial.
     let ordinal = cluster.ordinals[&old];

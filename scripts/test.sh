@@ -10,6 +10,8 @@ need_apt=()
 command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 command -v curl >/dev/null || need_apt+=(curl)
+# The partition test cuts a node off with a network namespace and veth links.
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -57,6 +57,31 @@ fn shard_metrics(out: &mut String, host: &ShardHost) {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(status));
         }
     }
+    type LogGauge = (
+        &'static str,
+        &'static str,
+        fn(&tern_raft::typ::RaftMetrics) -> u64,
+    );
+    let log_gauges: [LogGauge; 2] = [
+        (
+            "tern_shard_snapshot_index",
+            "Last log index covered by the replica's snapshot (0: none).",
+            |m| m.snapshot.map_or(0, |l| l.index),
+        ),
+        (
+            "tern_shard_purged_index",
+            "Last log index purged from the replica's log (0: none).",
+            |m| m.purged.map_or(0, |l| l.index),
+        ),
+    ];
+    for (name, help, value) in log_gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (shard, _) in &statuses {
+            if let Some(m) = host.metrics(*shard) {
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", value(&m));
+            }
+        }
+    }
     let s = &host.stats;
     let counters = [
         (

@@ -6,7 +6,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `TERN_STORAGE` | `none` for a pool that holds no data; otherwise the node runs shards |
-//! | `TERN_DATA_DIR` | the volume: the storage engine's files |
+//! | `TERN_DATA_DIR` | the volume: the storage engines' files (`log/`: Raft logs, `state/`: shard state) |
 //! | `TERN_STORE_ENGINE` | `redb` (default) or `sled` |
 //! | `TERN_CLUSTER_CA_FILE`, `TERN_AGENT_CERT_FILE`, `TERN_AGENT_KEY_FILE` | agent-to-agent mutual TLS (PEM) |
 //! | `TERN_RPC_ADDR` | where the RPC server listens (default `0.0.0.0:<rpcPort>`) |
@@ -110,12 +110,19 @@ async fn start_store(
         Some(other) => return Err(format!("TERN_STORE_ENGINE={other}: expected redb or sled")),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let open_dir = dir.clone();
-    let engine = tokio::task::spawn_blocking(move || tern_store::open(kind, &open_dir))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("opening the store in {}: {e}", dir.display()))?;
-    let storage = Storage::new(engine);
+    // Two engines: the Raft logs, whose appends wait for fsyncs, and the shards' state, whose
+    // writes then never queue behind them (see tern-raft's durability notes).
+    let open = |sub: &'static str| {
+        let path = dir.join(sub);
+        async move {
+            let shown = path.display().to_string();
+            tokio::task::spawn_blocking(move || tern_store::open(kind, &path))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("opening the store in {shown}: {e}"))
+        }
+    };
+    let storage = Storage::with_engines(open("log").await?, open("state").await?);
     let tls = TlsConfig::from_pem(
         &read("TERN_CLUSTER_CA_FILE")?,
         &read("TERN_AGENT_CERT_FILE")?,

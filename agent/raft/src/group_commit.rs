@@ -1,22 +1,48 @@
-//! Group commit: one fsync makes every log append queued before it durable, across shards.
+//! Group commit of the Raft log: appends wait in memory, one durable write stores them all.
 //!
-//! Appends are written `Deferred` on the Raft core's task and their callbacks queued here; a
-//! thread takes the whole queue, flushes the engine once, and completes every callback it took.
-//! A callback is queued only after its write returned, so the flush that completes it began
-//! after the write: the append is durable when openraft hears of it. While one fsync runs,
-//! the next group gathers, so the rate of durable appends is bounded by fsync latency times
-//! the group size rather than by fsyncs per second.
+//! An append puts its entries into the *pending overlay* (keyed by shard and index, holding
+//! the entry for readers and its encoding for the write) and queues its `LogFlushed` callback;
+//! it never touches the engine, so it never waits for a disk. A thread takes everything
+//! pending, of every shard, writes it in one `Immediate` engine write (one fsync), then drops
+//! exactly those entries from the overlay and completes the callbacks it took. Readers see
+//! engine ∪ overlay, the overlay winning. While one write runs, the next group gathers, so
+//! durable appends per second grow with concurrency instead of stopping at the disk's fsync
+//! rate, and nothing else waits for the log's fsync on the engine's write lock.
+//!
+//! # Ordering
+//!
+//! - An append inserts its entries and queues its callback under one lock, so the round that
+//!   takes a callback also takes (or has already written) that append's entries: a callback
+//!   is completed only after a durable write that covered them.
+//! - The *I/O lock* is held by a round from taking the overlay until its write returned and
+//!   the written entries left the overlay, and by truncate, purge, the vote and shard
+//!   deletion. So a truncation happens wholly before or after a round: entries a round took
+//!   are never written after a truncation dropped them.
+//! - A read looks at the overlay before the engine: an entry a round moves in between is in
+//!   the engine by then. Truncations bump a sequence counter (odd while one runs) and a read
+//!   that overlapped one is retried, so a read never mixes entries from both sides of it.
+//! - A failed write completes its callbacks with the error (openraft then stops the shards
+//!   concerned) and leaves the entries in the overlay, still readable, as appended.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::mem;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use openraft::storage::LogFlushed;
-use tern_store::Engine;
+use tern_store::{Batch, Durability, Engine, StoreError};
 
-use crate::TypeConfig;
+use crate::error::encode;
+use crate::keys::{self, COMMITTED, RAFT_LOG, RAFT_META};
+use crate::typ::{Entry, LogId};
+use crate::{ShardId, TypeConfig};
 
+/// The log engine, its pending overlay and the thread that makes the overlay durable.
+///
+/// The thread stops (after writing what is pending) when this is dropped, i.e. with the last
+/// [`crate::Storage`], [`crate::LogStore`] and [`crate::LogReader`] of the engine.
 pub(crate) struct GroupCommit {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -24,22 +50,72 @@ pub(crate) struct GroupCommit {
 
 struct Shared {
     engine: Arc<dyn Engine>,
-    queue: Mutex<Queue>,
+    pending: Mutex<Pending>,
+    /// Wakes the thread: a callback is queued, or the last handle is gone.
     wake: Condvar,
+    /// Serialises every durable write of the log; see the module docs.
+    io: Mutex<()>,
+    /// Odd while a truncation runs; bumped twice by each.
+    truncations: AtomicU64,
+}
+
+/// One appended entry waiting for its durable write.
+struct PendingEntry {
+    /// Tells this entry from a later one at the same place.
+    seq: u64,
+    entry: Entry,
+    encoded: Vec<u8>,
 }
 
 #[derive(Default)]
-struct Queue {
-    waiting: Vec<LogFlushed<TypeConfig>>,
+struct Pending {
+    entries: BTreeMap<(ShardId, u64), PendingEntry>,
+    /// The committed log id of a shard, saved after its last write (`seq`, value).
+    committed: BTreeMap<ShardId, (u64, Option<LogId>)>,
+    callbacks: Vec<LogFlushed<TypeConfig>>,
+    next_seq: u64,
     closed: bool,
+}
+
+impl Pending {
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn has_writes(&self) -> bool {
+        !self.entries.is_empty() || !self.committed.is_empty()
+    }
+}
+
+/// What a round took from the overlay: the places and seqs it writes.
+struct Taken {
+    entries: Vec<((ShardId, u64), u64)>,
+    committed: Vec<(ShardId, u64)>,
+}
+
+/// An entry as a read of the overlay returns it.
+pub(crate) struct PendingRead {
+    pub(crate) index: u64,
+    pub(crate) entry: Entry,
+    /// Its encoded length, as a read of the engine would count it.
+    pub(crate) len: usize,
+}
+
+/// Held while writing the log durably outside a round: truncate, purge, vote, shard deletion.
+pub(crate) struct IoGuard<'a> {
+    shared: &'a Shared,
+    _io: MutexGuard<'a, ()>,
 }
 
 impl GroupCommit {
     pub(crate) fn start(engine: Arc<dyn Engine>) -> Self {
         let shared = Arc::new(Shared {
             engine,
-            queue: Mutex::default(),
+            pending: Mutex::default(),
             wake: Condvar::new(),
+            io: Mutex::new(()),
+            truncations: AtomicU64::new(0),
         });
         let thread = thread::Builder::new()
             .name("raft-group-commit".into())
@@ -54,11 +130,145 @@ impl GroupCommit {
         }
     }
 
-    /// Completes `callback` once everything written to the engine so far is durable.
-    pub(crate) fn after_flush(&self, callback: LogFlushed<TypeConfig>) {
-        let mut queue = self.shared.lock();
-        queue.waiting.push(callback);
+    pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.shared.engine
+    }
+
+    /// Makes `entries` (with their encodings) readable at once, and durable by the next round,
+    /// which then completes `callback`.
+    pub(crate) fn append(
+        &self,
+        shard: ShardId,
+        entries: Vec<(Entry, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    ) {
+        let mut pending = self.shared.lock();
+        for (entry, encoded) in entries {
+            let seq = pending.seq();
+            let place = (shard, entry.log_id.index);
+            pending.entries.insert(
+                place,
+                PendingEntry {
+                    seq,
+                    entry,
+                    encoded,
+                },
+            );
+        }
+        pending.callbacks.push(callback);
         self.shared.wake.notify_one();
+    }
+
+    /// Saves the committed log id of `shard` with the next round. It needs no fsync of its
+    /// own: losing it costs only a wait for the leader's next heartbeat.
+    pub(crate) fn save_committed(&self, shard: ShardId, committed: Option<LogId>) {
+        let mut pending = self.shared.lock();
+        let seq = pending.seq();
+        pending.committed.insert(shard, (seq, committed));
+    }
+
+    /// The committed log id of `shard` saved but not yet written, if any.
+    pub(crate) fn pending_committed(&self, shard: ShardId) -> Option<Option<LogId>> {
+        self.shared
+            .lock()
+            .committed
+            .get(&shard)
+            .map(|(_, committed)| *committed)
+    }
+
+    /// Copies of the pending entries of `shard` with index in `[first, last]`, in order.
+    pub(crate) fn pending_entries(
+        &self,
+        shard: ShardId,
+        first: u64,
+        last: u64,
+    ) -> Vec<PendingRead> {
+        self.shared
+            .lock()
+            .entries
+            .range((shard, first)..=(shard, last))
+            .map(|(&(_, index), pending)| PendingRead {
+                index,
+                entry: pending.entry.clone(),
+                len: pending.encoded.len(),
+            })
+            .collect()
+    }
+
+    /// The log id of the last pending entry of `shard`.
+    pub(crate) fn pending_last(&self, shard: ShardId) -> Option<LogId> {
+        self.shared
+            .lock()
+            .entries
+            .range((shard, 0)..=(shard, u64::MAX))
+            .next_back()
+            .map(|(_, pending)| pending.entry.log_id)
+    }
+
+    /// Runs `read` (which must look at the overlay before the engine) until no truncation
+    /// overlapped it. Not for a holder of the I/O lock, which a truncation in progress holds.
+    pub(crate) fn consistent_read<T, E>(
+        &self,
+        mut read: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let counter = &self.shared.truncations;
+        loop {
+            let before = counter.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                // A truncation holds the I/O lock until it is done.
+                drop(self.shared.io());
+                continue;
+            }
+            let value = read()?;
+            if counter.load(Ordering::SeqCst) == before {
+                return Ok(value);
+            }
+        }
+    }
+
+    /// Excludes rounds (and other durable log writes) until the guard is dropped.
+    pub(crate) fn exclusive(&self) -> IoGuard<'_> {
+        IoGuard {
+            _io: self.shared.io(),
+            shared: &self.shared,
+        }
+    }
+}
+
+impl IoGuard<'_> {
+    /// Runs `truncate` (which drops entries of the engine and the overlay) so that concurrent
+    /// reads retry rather than see half of it.
+    pub(crate) fn truncation<T>(&self, truncate: impl FnOnce(&Self) -> T) -> T {
+        struct Bump<'a>(&'a AtomicU64);
+        impl Drop for Bump<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let counter = &self.shared.truncations;
+        counter.fetch_add(1, Ordering::SeqCst);
+        let _even_again = Bump(counter);
+        truncate(self)
+    }
+
+    /// Drops the pending entries of `shard` with index in `[first, last]`. Their callbacks
+    /// stay queued: the next round completes them, with nothing of theirs left to write.
+    pub(crate) fn drop_pending(&self, shard: ShardId, first: u64, last: u64) {
+        let mut pending = self.shared.lock();
+        let doomed: Vec<_> = pending
+            .entries
+            .range((shard, first)..=(shard, last))
+            .map(|(place, _)| *place)
+            .collect();
+        for place in doomed {
+            pending.entries.remove(&place);
+        }
+    }
+
+    /// Drops everything pending of `shard`: entries and committed log id.
+    pub(crate) fn forget_shard(&self, shard: ShardId) {
+        self.drop_pending(shard, 0, u64::MAX);
+        self.shared.lock().committed.remove(&shard);
     }
 }
 
@@ -67,38 +277,42 @@ impl Drop for GroupCommit {
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
-            // The thread flushes what is queued, then exits and releases the engine.
+            // The thread writes what is pending, then exits and releases the engine.
             let _ = thread.join();
         }
     }
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        // Nothing panics while holding the lock; a poisoned queue is still consistent.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // Nothing panics while holding the lock; a poisoned overlay is still consistent.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn io(&self) -> MutexGuard<'_, ()> {
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn run(&self) {
         loop {
-            let group = {
-                let mut queue = self.lock();
-                while queue.waiting.is_empty() && !queue.closed {
-                    queue = self
+            let closing = {
+                let mut pending = self.lock();
+                while pending.callbacks.is_empty() && !pending.closed {
+                    pending = self
                         .wake
-                        .wait(queue)
+                        .wait(pending)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                if queue.waiting.is_empty() {
+                if pending.closed && pending.callbacks.is_empty() && !pending.has_writes() {
                     return;
                 }
-                mem::take(&mut queue.waiting)
+                pending.closed
             };
-            let result = self.engine.flush();
+            let (result, callbacks) = self.round();
             if let Err(error) = &result {
-                tracing::error!(%error, appends = group.len(), "flushing the Raft log failed");
+                tracing::error!(%error, appends = callbacks.len(), "writing the Raft log failed");
             }
-            for callback in group {
+            for callback in callbacks {
                 callback.log_io_completed(
                     result
                         .as_ref()
@@ -106,6 +320,60 @@ impl Shared {
                         .map_err(|e| io::Error::other(e.to_string())),
                 );
             }
+            if closing && result.is_err() {
+                // Nobody is left to append; what could not be written is lost, unacknowledged.
+                return;
+            }
         }
+    }
+
+    /// Writes everything pending in one durable write; returns its result and the callbacks
+    /// it covers.
+    fn round(&self) -> (Result<(), StoreError>, Vec<LogFlushed<TypeConfig>>) {
+        let _io = self.io();
+        let mut batch = Batch::new();
+        let (taken, callbacks) = {
+            let mut pending = self.lock();
+            let mut taken = Taken {
+                entries: Vec::with_capacity(pending.entries.len()),
+                committed: Vec::with_capacity(pending.committed.len()),
+            };
+            for (&(shard, index), entry) in &pending.entries {
+                batch.put(
+                    RAFT_LOG,
+                    keys::log_key(shard, index).to_vec(),
+                    entry.encoded.clone(),
+                );
+                taken.entries.push(((shard, index), entry.seq));
+            }
+            for (&shard, &(seq, committed)) in &pending.committed {
+                let key = keys::shard_key(shard, COMMITTED);
+                match committed {
+                    Some(log_id) => batch.put(RAFT_META, key, encode(&log_id)),
+                    None => batch.delete(RAFT_META, key),
+                };
+                taken.committed.push((shard, seq));
+            }
+            (taken, mem::take(&mut pending.callbacks))
+        };
+        if batch.is_empty() {
+            // Every entry of these appends was truncated or purged meanwhile (durably).
+            return (Ok(()), callbacks);
+        }
+        let result = self.engine.write(batch, Durability::Immediate);
+        if result.is_ok() {
+            let mut pending = self.lock();
+            for (place, seq) in taken.entries {
+                if pending.entries.get(&place).is_some_and(|e| e.seq == seq) {
+                    pending.entries.remove(&place);
+                }
+            }
+            for (shard, seq) in taken.committed {
+                if pending.committed.get(&shard).is_some_and(|c| c.0 == seq) {
+                    pending.committed.remove(&shard);
+                }
+            }
+        }
+        (result, callbacks)
     }
 }

@@ -59,6 +59,12 @@ pub(crate) fn log_key(shard: ShardId, index: u64) -> [u8; 12] {
     out
 }
 
+/// The index of a `raft_log` key.
+pub(crate) fn log_index(key: &[u8]) -> Option<u64> {
+    let index = key.get(4..12).filter(|_| key.len() == 12)?;
+    Some(u64::from_be_bytes(index.try_into().ok()?))
+}
+
 /// Calls `each` for every pair of `shard` in `keyspace`, in key order, reading a page at a
 /// time (so a large shard is never held in memory at once).
 pub(crate) fn for_each_in_shard(
@@ -137,6 +143,8 @@ mod tests {
         assert!(shard_key(1, b"\xff\xff") < shard_key(2, b""));
         assert!(log_key(1, u64::MAX) < log_key(2, 0));
         assert!(log_key(1, 255) < log_key(1, 256));
+        assert_eq!(log_index(&log_key(7, 300)), Some(300));
+        assert_eq!(log_index(b"short"), None);
         assert_eq!(strip_shard(&shard_key(9, b"abc")), b"abc");
         assert_eq!(strip_shard(b"ab"), b"");
     }

@@ -1,46 +1,57 @@
-//! Raft storage for Tern's shards: openraft's log and state machine on a `tern-store` engine.
+//! Raft storage for Tern's shards: openraft's log and state machine on `tern-store` engines.
 //!
 //! One [`TypeConfig`] serves every shard. A node holds many shards (one Raft group each); they
-//! all share one [`Engine`] through one [`Storage`], and every key they write starts with the
+//! all share one [`Storage`]: one [`Engine`] for everything ([`Storage::new`]), or one for the
+//! logs and one for the state machines ([`Storage::with_engines`]). Every key starts with the
 //! shard id (`u32` big-endian), so shards never see each other's log or state. The keyspaces:
 //!
-//! | keyspace     | key                       | value                                  |
-//! |--------------|---------------------------|----------------------------------------|
-//! | `raft_log`   | shard ‖ index (`u64` BE)  | the log entry (postcard)               |
-//! | `raft_meta`  | shard ‖ `vote`/`committed`/`purged` | vote, log ids (postcard)     |
-//! | `sm_meta`    | shard ‖ `applied`/`membership`/`snapshot_meta`/`snapshot_data` ‖ n | state machine markers, last snapshot |
-//! | application's| shard ‖ application key   | application values ([`Application`])   |
+//! | keyspace     | engine | key                       | value                         |
+//! |--------------|--------|---------------------------|-------------------------------|
+//! | `raft_log`   | log    | shard ‖ index (`u64` BE)  | the log entry (postcard)      |
+//! | `raft_meta`  | log    | shard ‖ `vote`/`committed`/`purged` | vote, log ids (postcard) |
+//! | `sm_meta`    | state  | shard ‖ `applied`/`membership`/`snapshot_meta`/`snapshot_data` ‖ n | state machine markers, last snapshot |
+//! | application's| state  | shard ‖ application key   | application values ([`Application`]) |
 //!
 //! The log is [`LogStore`] (openraft's `RaftLogStorage`), the state machine is
 //! [`StateMachine`] (`RaftStateMachine`) over an [`Application`] that turns opaque commands
-//! into engine writes; openraft's own storage test suite proves both on redb and sled
-//! (`tests/storage_suite.rs`). Networking, membership changes and the per-node shard runtime
-//! live elsewhere; [`new_raft`] ties the pieces together for them.
+//! into engine writes; openraft's own storage test suite proves both on redb and sled, on one
+//! engine and on two (`tests/storage_suite.rs`). Networking, membership changes and the
+//! per-node shard runtime live elsewhere; [`new_raft`] ties the pieces together for them.
 //!
 //! # Durability
 //!
 //! Nothing is acknowledged before it is on disk, and nothing is applied twice:
 //!
-//! - **Log appends** are written `Deferred` (readable at once, as openraft requires) and made
-//!   durable by a group commit ([`Storage`] runs one fsync thread per engine): openraft hears
-//!   that an append is flushed only after an fsync that began after the append's write. One
-//!   fsync covers every append of every shard queued while the previous one ran, so durable
-//!   appends per second grow with concurrency instead of stopping at the disk's fsync rate.
-//!   (openraft 0.9 appends each client write separately on the leader, so this, not batching
-//!   within one append, is where the grouping happens.)
-//! - **Votes, truncation and purge** are `Immediate`: they are rare, and a vote must be on disk
-//!   before the node answers.
+//! - **Log appends** wait in memory, in the group commit's pending overlay, readable at once
+//!   as openraft requires; one thread per log engine writes everything pending, of every
+//!   shard, in one `Immediate` write, and only then tells openraft that those appends are
+//!   flushed. An append never waits for the disk, and one fsync covers every append queued
+//!   while the previous one ran, so durable appends per second grow with concurrency instead
+//!   of stopping at the disk's fsync rate. (openraft 0.9 appends each client write separately
+//!   on the leader, and waits for it before the next, so this, not batching within one
+//!   append, is where the grouping happens.)
+//! - **Votes, truncation and purge** are `Immediate`, and serialised with the group commit's
+//!   writes: a truncation is never undone by a later write of entries taken before it. They
+//!   are rare, and a vote must be on disk before the node answers.
 //! - **The state machine** writes each entry's application changes and its `applied` marker in
 //!   one `Deferred` batch, so after a crash an entry is applied with its marker or not at all.
-//!   A crash may lose a tail of applied entries; openraft re-applies it from the log, which is
-//!   durable at least as far (every entry was appended before it was applied, and the engines
-//!   make writes durable in the order they were made: a `Deferred` write becomes durable with
-//!   the next `Immediate` write or flush, never alone after a later one).
+//!   A crash may lose a tail of applied entries; openraft re-applies it from the log, which
+//!   holds it durably: openraft applies an entry only after this node's append of it was
+//!   reported flushed (0.9's Raft core awaits each append's callback before it runs anything
+//!   else), and that report follows the fsync.
 //! - **The log is never purged past what the state machine holds durably.** openraft purges
-//!   only up to the last snapshot, and the snapshot is stored with an `Immediate` write, which
-//!   makes every state-machine write before it durable, i.e. at least up to the snapshot's
-//!   last log id. The purge itself is `Immediate` too. Installing a snapshot is one
-//!   `Immediate` batch.
+//!   only up to the last snapshot, and the snapshot is stored with an `Immediate` write on
+//!   the state machine's engine, which makes every state-machine write before it durable,
+//!   i.e. at least up to the snapshot's last log id. The purge itself is `Immediate` too.
+//!   Installing a snapshot is one `Immediate` batch.
+//!
+//! On **one engine**, each group-commit write also makes the state machine's earlier writes
+//! durable, but a state-machine write waits for the log's fsync whenever one runs (an engine
+//! has one write lock). On **two engines** it never does: the state engine's `Deferred` writes
+//! become durable at its next `Immediate` write, a snapshot built or installed, or the flush a
+//! thread runs about once a second when the state engine was written (so crash replay stays
+//! short and redb can reuse the pages freed meanwhile). Until then the log covers them, by
+//! the two rules above.
 //!
 //! Snapshots are stored in the engine (see [`StateMachine`] for why), so a restarted node
 //! serves its last snapshot to a peer with an empty volume without rebuilding it.
@@ -52,6 +63,7 @@ mod group_commit;
 pub mod keys;
 mod log_store;
 mod snapshot;
+mod state_flush;
 mod state_machine;
 pub mod testing;
 
@@ -68,6 +80,7 @@ pub use crate::log_store::{LogReader, LogStore};
 pub use crate::state_machine::{Application, SnapshotBuilder, StateMachine};
 
 use crate::group_commit::GroupCommit;
+use crate::state_flush::StateFlush;
 
 /// A shard: one Raft group, and the prefix of every key it owns.
 pub type ShardId = u32;
@@ -178,33 +191,60 @@ pub mod typ {
     pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
 }
 
-/// Raft storage for all shards on one engine.
+/// Raft storage for all shards of a node: their logs on one engine, their state machines on
+/// the same engine or another.
 ///
-/// Cheap to clone; all clones share the engine and its group-commit thread, which stops (after
-/// a last fsync) when the last clone and the last [`LogStore`] are dropped, so the engine can
-/// then be closed and reopened.
+/// Cheap to clone; all clones share the engines and their threads: the log's group commit,
+/// which stops (after writing what is pending) when the last clone, [`LogStore`] and
+/// [`LogReader`] are dropped, and with two engines the state engine's periodic flush, which
+/// stops (after a last flush) with the last clone and [`StateMachine`]. The engines can then
+/// be closed and reopened.
 #[derive(Clone)]
 pub struct Storage {
-    engine: Arc<dyn Engine>,
-    group_commit: Arc<GroupCommit>,
+    log: Arc<GroupCommit>,
+    state: Arc<dyn Engine>,
+    /// Only when the state machines have an engine of their own.
+    state_flush: Option<Arc<StateFlush>>,
 }
 
 impl Storage {
+    /// Logs and state machines on one engine.
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        let group_commit = Arc::new(GroupCommit::start(engine.clone()));
         Self {
-            engine,
-            group_commit,
+            log: Arc::new(GroupCommit::start(engine.clone())),
+            state: engine,
+            state_flush: None,
         }
     }
 
+    /// Logs (`raft_log`, `raft_meta`) on `log`; state machines, snapshots and the
+    /// application's keyspaces on `state`. Then applying never waits for a log fsync. The same
+    /// engine twice is [`Storage::new`].
+    pub fn with_engines(log: Arc<dyn Engine>, state: Arc<dyn Engine>) -> Self {
+        if Arc::ptr_eq(&log, &state) {
+            return Self::new(log);
+        }
+        Self {
+            log: Arc::new(GroupCommit::start(log)),
+            state_flush: Some(Arc::new(StateFlush::start(state.clone()))),
+            state,
+        }
+    }
+
+    /// The engine of the state machines and the application's keyspaces: where the
+    /// application reads.
     pub fn engine(&self) -> &Arc<dyn Engine> {
-        &self.engine
+        &self.state
+    }
+
+    /// The engine of the logs (the same as [`Storage::engine`] on one engine).
+    pub fn log_engine(&self) -> &Arc<dyn Engine> {
+        self.log.engine()
     }
 
     /// The Raft log of `shard`.
     pub fn log_store(&self, shard: ShardId) -> LogStore {
-        LogStore::new(self.engine.clone(), shard, self.group_commit.clone())
+        LogStore::new(self.log.clone(), shard)
     }
 
     /// The state machine of `shard`, applying commands with `app`.
@@ -215,23 +255,44 @@ impl Storage {
         shard: ShardId,
         app: Arc<A>,
     ) -> Result<StateMachine<A>, Error> {
-        StateMachine::new(self.engine.clone(), shard, app)
+        StateMachine::new(self.state.clone(), self.state_flush.clone(), shard, app)
     }
 
     /// Deletes everything `shard` stored: log, vote, state machine, snapshot and the given
     /// application keyspaces. For a node that has left the shard, once the configuration
     /// without it is committed; the shard's Raft must be shut down first.
+    ///
+    /// One `Immediate` write per engine, the log's first: a crash between the two leaves only
+    /// state, which calling this again removes.
     pub fn delete_shard(
         &self,
         shard: ShardId,
         app_keyspaces: &[&'static str],
     ) -> Result<(), Error> {
-        let mut batch = Batch::new();
-        for keyspace in keys::RAFT_KEYSPACES.iter().chain(app_keyspaces) {
-            keys::delete_shard_keys(&*self.engine, keyspace, shard, &mut batch)?;
+        let log = &**self.log.engine();
+        let mut log_batch = Batch::new();
+        let mut state_batch = Batch::new();
+        // Under the I/O lock, so no round writes an entry of the shard after the scan.
+        let io = self.log.exclusive();
+        for keyspace in [keys::RAFT_LOG, keys::RAFT_META] {
+            keys::delete_shard_keys(log, keyspace, shard, &mut log_batch)?;
         }
-        self.engine
-            .write(batch, tern_store::Durability::Immediate)?;
+        let one_engine = self.state_flush.is_none();
+        let state_deletes = if one_engine {
+            &mut log_batch
+        } else {
+            &mut state_batch
+        };
+        for keyspace in [keys::SM_META].iter().chain(app_keyspaces) {
+            keys::delete_shard_keys(&*self.state, keyspace, shard, state_deletes)?;
+        }
+        log.write(log_batch, tern_store::Durability::Immediate)?;
+        io.forget_shard(shard);
+        drop(io);
+        if !state_batch.is_empty() {
+            self.state
+                .write(state_batch, tern_store::Durability::Immediate)?;
+        }
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use tern_store::{Batch, Durability, Engine, Op, StoreError};
 use crate::error::{decode, encode};
 use crate::keys::{self, APPLIED, MEMBERSHIP, SM_META, SNAPSHOT_DATA, SNAPSHOT_META};
 use crate::snapshot::{self, Header};
+use crate::state_flush::StateFlush;
 use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use crate::{Error, Response, ShardId, TypeConfig};
 
@@ -73,6 +74,8 @@ struct Shared<A> {
     engine: Arc<dyn Engine>,
     shard: ShardId,
     app: Arc<A>,
+    /// Flushes the engine now and then when it holds no log (see [`crate::Storage`]).
+    flush: Option<Arc<StateFlush>>,
     /// Held by apply, snapshot build and install: a snapshot sees no half-applied state.
     lock: tokio::sync::Mutex<()>,
 }
@@ -88,7 +91,12 @@ struct StoredSnapshot {
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 impl<A: Application> StateMachine<A> {
-    pub(crate) fn new(engine: Arc<dyn Engine>, shard: ShardId, app: Arc<A>) -> Result<Self, Error> {
+    pub(crate) fn new(
+        engine: Arc<dyn Engine>,
+        flush: Option<Arc<StateFlush>>,
+        shard: ShardId,
+        app: Arc<A>,
+    ) -> Result<Self, Error> {
         let keyspaces = app.keyspaces();
         if let Some(taken) = keyspaces.iter().find(|k| keys::RAFT_KEYSPACES.contains(k)) {
             return Err(Error::Config(format!(
@@ -106,6 +114,7 @@ impl<A: Application> StateMachine<A> {
                 engine,
                 shard,
                 app,
+                flush,
                 lock: tokio::sync::Mutex::new(()),
             }),
         })
@@ -167,6 +176,9 @@ impl<A: Application> Shared<A> {
         };
         batch.put(SM_META, self.key(APPLIED), encode(&entry.log_id));
         self.engine.write(batch, Durability::Deferred)?;
+        if let Some(flush) = &self.flush {
+            flush.wrote();
+        }
         Ok(response)
     }
 

@@ -1,4 +1,4 @@
-//! Real openraft instances of one shard, each on its own engine, connected in-process by
+//! Real openraft instances of one shard, each on its own engines, connected in-process by
 //! `testing::Router`: replication, failover, restart, and catch-up by snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,8 +50,13 @@ impl Member {
         router: &Router,
         config: &Arc<Config>,
     ) -> Self {
-        let engine = tern_store::open(kind, dir.path()).expect("open the engine");
-        let storage = Storage::new(engine);
+        // Mixed layouts too: even nodes keep log and state on separate engines.
+        let open = |sub: &str| tern_store::open(kind, &dir.path().join(sub)).expect("open engine");
+        let storage = if id.is_multiple_of(2) {
+            Storage::with_engines(open("log"), open("state"))
+        } else {
+            Storage::new(open("store"))
+        };
         let raft = new_raft(
             id,
             SHARD,

@@ -1,6 +1,7 @@
-//! openraft's own storage test suite, on both engines.
+//! openraft's own storage test suite, on both engines, with logs and state on one engine
+//! (`Storage::new`) and on two (`Storage::with_engines`).
 //!
-//! Every case gets a fresh engine in a temporary directory whose neighbouring shards already
+//! Every case gets fresh engines in a temporary directory whose neighbouring shards already
 //! hold a log, a vote and applied state: the suite expects an empty store, so it also proves
 //! that a shard sees nothing of the others.
 
@@ -16,13 +17,22 @@ use tern_store::EngineKind;
 
 const SHARD: u32 = 7;
 
-struct Builder(EngineKind);
+struct Builder {
+    kind: EngineKind,
+    two_engines: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine<KvApp>, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine<KvApp>), StorageError> {
-        let dir = TempDir::new(&format!("suite-{}", self.0));
-        let engine = tern_store::open(self.0, dir.path()).expect("open the engine");
-        let storage = Storage::new(engine);
+        let dir = TempDir::new(&format!("suite-{}-{}", self.kind, self.two_engines));
+        let open = |name: &str| {
+            tern_store::open(self.kind, &dir.path().join(name)).expect("open the engine")
+        };
+        let storage = if self.two_engines {
+            Storage::with_engines(open("log"), open("state"))
+        } else {
+            Storage::new(open("store"))
+        };
         for neighbour in [SHARD - 1, SHARD + 1] {
             fill(&storage, neighbour).await?;
         }
@@ -49,12 +59,26 @@ async fn fill(storage: &Storage, shard: u32) -> Result<(), StorageError> {
     Ok(())
 }
 
+fn suite(kind: EngineKind, two_engines: bool) {
+    Suite::test_all(Builder { kind, two_engines }).unwrap();
+}
+
 #[test]
 fn suite_on_redb() {
-    Suite::test_all(Builder(EngineKind::Redb)).unwrap();
+    suite(EngineKind::Redb, false);
 }
 
 #[test]
 fn suite_on_sled() {
-    Suite::test_all(Builder(EngineKind::Sled)).unwrap();
+    suite(EngineKind::Sled, false);
+}
+
+#[test]
+fn suite_on_redb_with_two_engines() {
+    suite(EngineKind::Redb, true);
+}
+
+#[test]
+fn suite_on_sled_with_two_engines() {
+    suite(EngineKind::Sled, true);
 }

@@ -59,7 +59,10 @@ use membership::{Step, Target, View};
 /// How far behind the leader's log a learner may be and still be promoted.
 const PROMOTION_LAG: u64 = 64;
 /// Entries proposed at once per shard; further commands wait and join the next group.
-const MAX_IN_FLIGHT: usize = 4;
+/// openraft 0.9 appends one entry per log flush on the leader, so more entries in flight only
+/// queue inside it, while commands that wait here share the next entry (measured: 1, 2 and 4
+/// give the same throughput at 256 clients; 4 halves the grouping at 16 clients).
+const MAX_IN_FLIGHT: usize = 2;
 /// Bytes of commands one entry carries at most (one command may exceed it alone).
 const MAX_GROUP_BYTES: usize = 4 << 20;
 /// How long one status request to a peer may take.

@@ -201,14 +201,18 @@ async fn run(o: &Options) -> Result<(), String> {
     );
     println!();
     println!(
-        "{:>8}  {:>12}  {:>9}  {:>9}  {:>9}",
-        "CLIENTS", "DELIVERIES/S", "P50 MS", "P99 MS", "ERRORS"
+        "{:>8}  {:>12}  {:>9}  {:>9}  {:>9}  {:>11}",
+        "CLIENTS", "DELIVERIES/S", "P50 MS", "P99 MS", "ERRORS", "CMDS/ENTRY"
     );
+    let http: Vec<String> = endpoints.nodes.iter().map(|n| n.http.clone()).collect();
     for &clients in &o.clients {
+        let before = proposed(&http).await;
         let (rate, mut latencies, errors) = deliveries(&cluster, clients, o.seconds).await;
+        let after = proposed(&http).await;
         latencies.sort_unstable();
+        let per_entry = (after.1 - before.1) as f64 / ((after.0 - before.0).max(1)) as f64;
         println!(
-            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}",
+            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}  {per_entry:>11.1}",
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99)
         );
@@ -234,6 +238,37 @@ async fn run(o: &Options) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Entries and commands proposed by every node's leaders so far, from `/metrics`.
+async fn proposed(http: &[String]) -> (u64, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut totals = (0, 0);
+    for addr in http {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            continue;
+        };
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut text = String::new();
+        if stream.write_all(request.as_bytes()).await.is_err()
+            || stream.read_to_string(&mut text).await.is_err()
+        {
+            continue;
+        }
+        for line in text.lines() {
+            let value = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            if let Some(v) = value("tern_store_entries_proposed_total ") {
+                totals.0 += v;
+            }
+            if let Some(v) = value("tern_store_commands_proposed_total ") {
+                totals.1 += v;
+            }
+        }
+    }
+    totals
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {

@@ -569,3 +569,83 @@ async fn make_leader(cluster: &Cluster, target: usize, expected: &mut BTreeSet<S
     assert_eq!(settled, target);
     eprintln!("{} leads", cluster.name(target));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_assignment_moves_a_voter_step_by_step_and_the_old_one_leaves() {
+    // Four nodes; the shard starts on the first three. The next assignment gives the fourth
+    // node the third one's seat: the leader adds it as a learner, promotes it once caught
+    // up, then removes the third, which deletes its data for the shard.
+    let mut cluster = Cluster::start(4, Options::default()).await;
+    let ids: Vec<u64> = (0..4).map(|i| cluster.node_id(i)).collect();
+    assert_eq!(cluster.assignment().shards[0].voters, ids[..3]);
+    let client = cluster.admin(0);
+    let mut expected = BTreeSet::new();
+    for n in 0..20 {
+        let name = format!("before-{n}.example");
+        cluster.check(client.create_domain(&name).await, "creating a domain");
+        expected.insert(name);
+    }
+
+    let mut next = cluster.assignment().clone();
+    next.epoch += 1;
+    next.shards[0].voters = vec![ids[0], ids[1], ids[3]];
+    cluster.publish(next);
+
+    let new_voters = vec![ids[0], ids[1], ids[3]];
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "the fourth node votes instead of the third",
+            async || {
+                let leader = cluster.leader(SHARD).await.ok_or("no leader")?;
+                let s = cluster.status(leader, SHARD).await?;
+                if s.voters == new_voters && s.learners.is_empty() && s.committed_membership {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "voters {:?}, learners {:?}, committed {}",
+                        s.voters, s.learners, s.committed_membership
+                    ))
+                }
+            },
+        )
+        .await;
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "the third node leaves the shard",
+            async || match cluster.status(2, SHARD).await {
+                Err(e) if e.contains("UnknownShard") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    let (_, metrics) = cluster.check(cluster.http_get(2, "/metrics").await, "metrics");
+    assert!(
+        metrics.contains("tern_store_shards_left_total 1"),
+        "the third node counts the shard it left"
+    );
+    assert!(
+        metrics.contains("tern_store_membership_steps_total 0"),
+        "only a leader changes membership"
+    );
+
+    // The fourth node holds everything, and it is a voter that counts: with the first node
+    // down, the second and fourth still commit.
+    assert_eq!(
+        domains(&cluster, &cluster.admin(3), 3).await,
+        sorted(&expected)
+    );
+    cluster.kill(0);
+    let survivor = cluster.admin(1);
+    let name = "after.example".to_owned();
+    cluster.check(
+        create_domain_retrying(&survivor, &name, Duration::from_secs(10)).await,
+        "writing with the first node down",
+    );
+    expected.insert(name);
+    assert_eq!(
+        domains(&cluster, &cluster.admin(3), 3).await,
+        sorted(&expected)
+    );
+}

@@ -481,6 +481,16 @@ impl Cluster {
         &self.assignment
     }
 
+    /// Publishes `assignment` (as the operator would, by replacing the file the nodes
+    /// follow) and remembers it as the cluster's.
+    pub fn publish(&mut self, assignment: Assignment) {
+        let path = self.dir.join("assignment.json");
+        let temporary = self.dir.join("assignment.json.new");
+        write(&temporary, &assignment.to_json());
+        std::fs::rename(&temporary, &path).unwrap();
+        self.assignment = assignment;
+    }
+
     pub fn options(&self) -> &Options {
         &self.options
     }

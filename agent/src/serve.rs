@@ -11,7 +11,7 @@
 //! | `TERN_CLUSTER_CA_FILE`, `TERN_AGENT_CERT_FILE`, `TERN_AGENT_KEY_FILE` | agent-to-agent mutual TLS (PEM) |
 //! | `TERN_RPC_ADDR` | where the RPC server listens (default `0.0.0.0:<rpcPort>`) |
 //! | `TERN_PEERS_FILE` | JSON `{pod name: "host:port"}` of every node's RPC server; without it `<pod>.<headlessService>.<namespace>.svc:<rpcPort>` |
-//! | `TERN_ADMIN_ADDR` | where the admin API listens (HTTPS); default: the `https` listener's port when enabled, else no admin API |
+//! | `TERN_ADMIN_ADDR` | where the admin API listens (HTTPS); default `127.0.0.1:7948`, inside the pod only (`kubectl port-forward`); `none` turns it off |
 //! | `TERN_ADMIN_PASSWORD_FILE` | the recovery administrator's password |
 //! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM) |
 //! | `TERN_TIMEOUT_MS` | the longest a read or write waits for its shard (default 5000) |
@@ -32,6 +32,10 @@ use crate::http::{self, View};
 use crate::node::Node;
 use crate::rpc::{Network, TlsConfig, serve_service};
 use crate::shards::{HostOptions, Peers, ShardHost, raft_config_with_snapshots};
+
+/// Where the admin API listens when `TERN_ADMIN_ADDR` is not set: 127.0.0.1 only, next to
+/// the gossip (7946) and RPC (7947) ports.
+pub const DEFAULT_ADMIN_PORT: u16 = 7948;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -202,18 +206,20 @@ async fn start_store(
             .follow(followed.clone(), Duration::from_millis(500)),
     );
 
-    let admin_addr = match var("TERN_ADMIN_ADDR") {
+    // The recovery administrator's API is never on a public port by default: only inside
+    // the pod (reach it with `kubectl port-forward`), unless TERN_ADMIN_ADDR says otherwise.
+    let admin_addr: Option<SocketAddr> = match var("TERN_ADMIN_ADDR") {
+        Some(a) if a == "none" => None,
         Some(a) => Some(a.parse().map_err(|e| format!("TERN_ADMIN_ADDR={a}: {e}"))?),
-        None => node
-            .config
-            .listeners
-            .get("https")
-            .filter(|l| l.enabled)
-            .map(|l| SocketAddr::from(([0, 0, 0, 0], l.port as u16))),
+        None => Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT))),
     };
-    if let Some(addr) = admin_addr {
-        let password = admin::read_password_file(&PathBuf::from(need("TERN_ADMIN_PASSWORD_FILE")?))
-            .map_err(|e| e.to_string())?;
+    let password_file = var("TERN_ADMIN_PASSWORD_FILE");
+    if admin_addr.is_some() && password_file.is_none() {
+        tracing::info!("no TERN_ADMIN_PASSWORD_FILE: the admin API is off");
+    }
+    if let (Some(addr), Some(password_file)) = (admin_addr, password_file) {
+        let password =
+            admin::read_password_file(&PathBuf::from(password_file)).map_err(|e| e.to_string())?;
         let (bound, _task) = admin::serve(
             AdminServerConfig {
                 addr,

@@ -649,3 +649,46 @@ async fn a_new_assignment_moves_a_voter_step_by_step_and_the_old_one_leaves() {
         sorted(&expected)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_added_by_the_assignment_serves_linearizable_reads() {
+    // Four nodes, the shard on the first three; the next assignment makes the fourth a
+    // learner (a read replica): it joins without a vote and answers reads that see every
+    // write committed before them.
+    let mut cluster = Cluster::start(4, Options::default()).await;
+    let ids: Vec<u64> = (0..4).map(|i| cluster.node_id(i)).collect();
+    let mut next = cluster.assignment().clone();
+    next.epoch += 1;
+    next.shards[0].learners = vec![ids[3]];
+    cluster.publish(next);
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "the fourth node is the shard's learner and caught up",
+            async || {
+                let s = cluster.status(3, SHARD).await?;
+                if s.learners == [ids[3]] && s.voters == ids[..3] && !s.abstaining {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "voters {:?}, learners {:?}, abstaining {}",
+                        s.voters, s.learners, s.abstaining
+                    ))
+                }
+            },
+        )
+        .await;
+
+    let writer = cluster.admin(0);
+    let reader = cluster.admin(3);
+    let mut expected = BTreeSet::new();
+    for n in 0..10 {
+        let name = format!("learner-{n}.example");
+        cluster.check(writer.create_domain(&name).await, "creating a domain");
+        expected.insert(name);
+        // No wait between the write and the read: the learner's read index covers it.
+        assert_eq!(domains(&cluster, &reader, 3).await, sorted(&expected));
+    }
+    let leader = cluster.leader(SHARD).await.expect("a leader");
+    assert_ne!(leader, 3, "a learner never leads");
+}

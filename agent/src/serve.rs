@@ -186,6 +186,7 @@ async fn start_store(
             ),
             timeout,
             peers,
+            marker_dir: Some(dir.clone()),
         },
         storage,
         Network::new(tls.client.clone(), 0),

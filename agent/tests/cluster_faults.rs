@@ -620,15 +620,21 @@ async fn a_new_assignment_moves_a_voter_step_by_step_and_the_old_one_leaves() {
             },
         )
         .await;
-    let (_, metrics) = cluster.check(cluster.http_get(2, "/metrics").await, "metrics");
-    assert!(
-        metrics.contains("tern_store_shards_left_total 1"),
-        "the third node counts the shard it left"
-    );
-    assert!(
-        metrics.contains("tern_store_membership_steps_total 0"),
-        "only a leader changes membership"
-    );
+    // The replica is gone from the node's shards before its data is: wait for the deletion.
+    cluster
+        .wait_until(
+            Duration::from_secs(30),
+            "the third node deletes the shard's data",
+            async || {
+                let (_, metrics) = cluster.http_get(2, "/metrics").await?;
+                if metrics.contains("tern_store_shards_left_total 1") {
+                    Ok(())
+                } else {
+                    Err("tern_store_shards_left_total is not 1 yet".into())
+                }
+            },
+        )
+        .await;
 
     // The fourth node holds everything, and it is a voter that counts: with the first node
     // down, the second and fourth still commit.
@@ -691,4 +697,38 @@ async fn a_learner_added_by_the_assignment_serves_linearizable_reads() {
     }
     let leader = cluster.leader(SHARD).await.expect("a leader");
     assert_ne!(leader, 3, "a learner never leads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_was_catching_up_keeps_abstaining_after_a_restart() {
+    // A replica that started empty leaves a marker on its volume until it has caught up, so
+    // that a restart in between (when it already holds a vote and part of the log) does not
+    // let it vote. Here the marker is left as such a crash would leave it.
+    let cluster = Cluster::start(3, Options::default()).await;
+    let client = cluster.admin(0);
+    let mut expected = BTreeSet::new();
+    for n in 0..5 {
+        let name = format!("marker-{n}.example");
+        cluster.check(client.create_domain(&name).await, "creating a domain");
+        expected.insert(name);
+    }
+    let marker = cluster
+        .data_dir(2)
+        .join(format!("shard-{SHARD}.abstaining"));
+    assert!(!marker.exists(), "a settled replica leaves no marker");
+    cluster.kill(2);
+    std::fs::write(&marker, b"").unwrap();
+    cluster.restart(2);
+    cluster.wait_ready(2).await;
+    let log = cluster.log_since_restart(2);
+    assert!(
+        log.contains("empty=false abstain=true"),
+        "the marker makes a non-empty replica abstain:\n{log}"
+    );
+    assert!(log.contains("replica settled"), "it settles once caught up");
+    assert!(!marker.exists(), "settling removes the marker");
+    assert_eq!(
+        domains(&cluster, &cluster.admin(2), 2).await,
+        sorted(&expected)
+    );
 }

@@ -34,7 +34,12 @@ use super::wire::{
 const IDLE_PER_PEER: usize = 64;
 
 type Stream = TlsStream<TcpStream>;
-type Pool = Arc<Mutex<BTreeMap<String, Vec<Stream>>>>;
+type Pool = Arc<Mutex<BTreeMap<String, Vec<(Stream, Instant)>>>>;
+
+/// An idle connection older than this is not reused: the server closes connections idle for
+/// 120 s, and a request that may not be repeated (a forwarded write) must not go out on one
+/// the peer is closing.
+const IDLE_REUSE: Duration = Duration::from_secs(60);
 
 /// openraft's network for one shard of this node.
 ///
@@ -98,7 +103,7 @@ impl Drop for Connection {
                 .unwrap_or_else(PoisonError::into_inner);
             let streams = idle.entry(self.node.rpc_addr.clone()).or_default();
             if streams.len() < IDLE_PER_PEER {
-                streams.push(stream);
+                streams.push((stream, Instant::now()));
             }
         }
     }
@@ -146,6 +151,7 @@ impl Connection {
     async fn call(&mut self, kind: RpcKind, option: &RPCOption) -> Result<RpcResponse, CallError> {
         let ttl = option.hard_ttl();
         let deadline = Instant::now() + ttl;
+        let repeatable = !matches!(kind, RpcKind::Write(..) | RpcKind::Query(_));
         let body = encode(&RpcRequest {
             shard: self.network.shard,
             kind,
@@ -155,13 +161,12 @@ impl Connection {
             return Err(CallError::TooLarge);
         }
         // A kept connection may have been closed by the peer meanwhile (restarted, idle); then
-        // the request is sent once more on a new one. Raft's RPCs may be repeated safely.
+        // the request is sent once more on a new one. Only requests that may be carried out
+        // twice are: Raft's RPCs, status and read indexes; a forwarded write or a query is not
+        // (the first one may have been carried out before the connection broke).
         for attempt in 0..2 {
-            let reused = match self.stream.take().or_else(|| self.take_idle()) {
-                Some(stream) => {
-                    self.stream = Some(stream);
-                    true
-                }
+            let (mut stream, reused) = match self.stream.take().or_else(|| self.take_idle()) {
+                Some(stream) => (stream, true),
                 None => {
                     let stream = tokio::time::timeout_at(deadline, self.connect())
                         .await
@@ -172,43 +177,40 @@ impl Connection {
                             ))
                         })?
                         .map_err(CallError::Unreachable)?;
-                    self.stream = Some(stream);
-                    false
+                    (stream, false)
                 }
             };
-            let Some(stream) = self.stream.as_mut() else {
-                unreachable!("a stream was just put in place");
-            };
+            // The stream lives in this frame while the exchange runs: if the caller drops
+            // this future mid-exchange (openraft's own timeout, a client gone), it is closed
+            // with it, never reused out of step (the next request would read this answer).
             let exchange = async {
-                write_frame(stream, &body).await?;
-                read_frame(stream).await
+                write_frame(&mut stream, &body).await?;
+                read_frame(&mut stream).await
             };
             match tokio::time::timeout_at(deadline, exchange).await {
                 Ok(Ok(frame)) => {
-                    return decode(&frame).map_err(|e| {
-                        self.stream = None;
-                        CallError::Network(e)
-                    });
+                    let decoded = decode(&frame).map_err(CallError::Network);
+                    if decoded.is_ok() {
+                        self.stream = Some(stream);
+                    }
+                    return decoded;
                 }
                 Ok(Err(error)) => {
-                    self.stream = None;
                     if is_tls_refusal(&error) {
                         // With TLS 1.3 the client hears that the server refused its
                         // certificate only at its first read: the peer cannot be connected to.
                         return Err(CallError::Unreachable(error));
                     }
-                    if !(reused && attempt == 0) {
+                    if !(reused && attempt == 0 && repeatable) {
                         return Err(CallError::Network(error));
                     }
                 }
                 Err(_) => {
-                    // The answer may still come; the connection is out of step. Drop it, and
+                    // The answer may still come; the connection is out of step. Close it, and
                     // abortively: a request still in the kernel's send queue (the peer is
                     // cut off) must not be retransmitted and carried out minutes later, after
                     // the caller was told it failed.
-                    if let Some(stream) = self.stream.take() {
-                        let _ = stream.get_ref().0.set_zero_linger();
-                    }
+                    let _ = stream.get_ref().0.set_zero_linger();
                     return Err(CallError::Timeout(ttl));
                 }
             }
@@ -217,12 +219,18 @@ impl Connection {
     }
 
     fn take_idle(&self) -> Option<Stream> {
-        self.network
+        let mut idle = self
+            .network
             .idle
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&self.node.rpc_addr)
-            .and_then(Vec::pop)
+            .unwrap_or_else(PoisonError::into_inner);
+        let streams = idle.get_mut(&self.node.rpc_addr)?;
+        while let Some((stream, since)) = streams.pop() {
+            if since.elapsed() < IDLE_REUSE {
+                return Some(stream);
+            }
+        }
+        None
     }
 
     /// TCP connect and TLS handshake; the server's certificate must name the host of

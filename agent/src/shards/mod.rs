@@ -173,6 +173,8 @@ pub struct HostOptions {
     /// The longest a write or read waits before it fails as temporarily unavailable.
     pub timeout: Duration,
     pub peers: Peers,
+    /// Where abstention markers are kept (the data volume); `None` keeps them in memory only.
+    pub marker_dir: Option<std::path::PathBuf>,
 }
 
 /// The shards this node holds.
@@ -185,6 +187,7 @@ pub struct ShardHost {
     network: Network,
     peers: Peers,
     timeout: Duration,
+    marker_dir: Option<std::path::PathBuf>,
     replicas: RwLock<BTreeMap<ShardId, Arc<Replica>>>,
     assignment: RwLock<Option<Arc<Assignment>>>,
     /// The leader last seen answering for a shard this node does not hold.
@@ -207,6 +210,7 @@ impl ShardHost {
             network,
             peers: options.peers,
             timeout: options.timeout,
+            marker_dir: options.marker_dir,
             replicas: RwLock::default(),
             assignment: RwLock::default(),
             hints: Mutex::default(),
@@ -214,6 +218,12 @@ impl ShardHost {
             stats: HostStats::default(),
             rpc_stats: Arc::default(),
         })
+    }
+
+    fn abstain_marker(&self, shard: ShardId) -> Option<std::path::PathBuf> {
+        self.marker_dir
+            .as_ref()
+            .map(|d| d.join(format!("shard-{shard}.abstaining")))
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -365,12 +375,24 @@ impl ShardHost {
             .await
             .map_err(|e| format!("reading the replica's state: {e}"))?;
         let empty = term == 0 && committed.is_none();
-        if empty {
+        // Abstention outlives restarts: a replica that started empty and restarts before it
+        // has caught up holds a vote and part of the log, but still not what it may have
+        // acknowledged before it lost its volume.
+        let marker = self.abstain_marker(shard);
+        let marked = marker.as_ref().is_some_and(|m| m.exists());
+        if empty
+            && !marked
+            && let Some(m) = &marker
+        {
+            durable_create(m).map_err(|e| format!("{}: {e}", m.display()))?;
+        }
+        let abstain = empty || marked;
+        if abstain {
             raft.runtime_config().elect(false);
         }
         let (tx, rx) = mpsc::channel(4 * replica::MAX_GROUP);
         tokio::spawn(propose(raft.clone(), rx, self.timeout, self.clone()));
-        tracing::info!(shard, empty, "shard replica started");
+        tracing::info!(shard, empty, abstain, "shard replica started");
         self.replicas
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -378,7 +400,7 @@ impl ShardHost {
                 shard,
                 Arc::new(Replica {
                     raft,
-                    abstaining: AtomicBool::new(empty),
+                    abstaining: AtomicBool::new(abstain),
                     changing: Arc::default(),
                     proposals: tx,
                 }),
@@ -449,12 +471,20 @@ impl ShardHost {
                 .flatten()
                 .find(|s| s.is_leader)
                 .is_some_and(|leader| {
+                    // The leader's log holds every committed entry; its applied index may not
+                    // yet (just elected, or restarted).
                     local.current_leader == leader.leader
-                        && local.last_applied.map(|l| l.index) >= leader.applied
-                        && leader.applied.is_some()
+                        && leader.last_log_index.is_some()
+                        && local.last_applied.map(|l| l.index) >= leader.last_log_index
                 })
         };
         if settled {
+            if let Some(m) = self.abstain_marker(shard)
+                && let Err(error) = durable_remove(&m)
+            {
+                tracing::error!(shard, %error, "removing the abstention marker; still abstaining");
+                return;
+            }
             tracing::info!(shard, "replica settled; it votes from now on");
             replica.abstaining.store(false, Ordering::Relaxed);
             replica.raft.runtime_config().elect(true);
@@ -578,6 +608,9 @@ impl ShardHost {
         let keyspaces = tern_raft::Application::keyspaces(&*self.app);
         match tokio::task::spawn_blocking(move || storage.delete_shard(shard, keyspaces)).await {
             Ok(Ok(())) => {
+                if let Some(m) = self.abstain_marker(shard) {
+                    let _ = durable_remove(&m);
+                }
                 self.stats.shards_left.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(shard, "left the shard and deleted its data");
             }
@@ -609,8 +642,8 @@ impl ShardHost {
             .await
         {
             Ok(RpcResponse::Status(status)) => Some(status),
-            // A peer that does not run the shard yet has stored nothing for it.
-            Ok(RpcResponse::UnknownShard(_)) => Some(ShardStatus::default()),
+            // A peer that does not run the shard (yet, or its start failed) may hold its data
+            // all the same: it has not answered.
             _ => None,
         }
     }
@@ -670,6 +703,12 @@ impl ShardHost {
             .and_then(|a| a.shards.iter().find(|s| s.id == shard).cloned())
             .ok_or(ShardError::UnknownShard(shard))?
             .voters;
+        if voters.is_empty() {
+            return Err(ShardError::unavailable(
+                shard,
+                "the assignment names no voters",
+            ));
+        }
         let mut hint: Option<NodeId> = None;
         let mut next_voter = 0usize;
         loop {
@@ -819,11 +858,22 @@ impl ShardHost {
         match op {
             Op::Write(command) => {
                 let (tx, rx) = oneshot::channel();
-                replica
-                    .proposals
-                    .send((command, deadline, tx))
-                    .await
-                    .map_err(|_| Refused::Unavailable("the shard is stopping".into()))?;
+                match tokio::time::timeout_at(
+                    deadline,
+                    replica.proposals.send((command, deadline, tx)),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        return Err(Refused::Unavailable("the shard is stopping".into()));
+                    }
+                    Err(_) => {
+                        return Err(Refused::Unavailable(
+                            "too many writes waiting for the shard's leader".into(),
+                        ));
+                    }
+                }
                 match tokio::time::timeout_at(deadline, rx).await {
                     Ok(Ok(result)) => result.map(Answer::Written),
                     Ok(Err(_)) => Err(Refused::Unavailable("the shard is stopping".into())),
@@ -865,6 +915,28 @@ impl Op {
 enum Answer {
     Written(Vec<u8>),
     Index(Option<u64>),
+}
+
+/// Creates `path` (empty) and makes it and its directory entry durable.
+fn durable_create(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    sync_parent(path)
+}
+
+/// Removes `path` if it exists, durably.
+fn durable_remove(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_parent(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_parent(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// The voter that initialises a new shard: the assigned voters in ascending order, taken in

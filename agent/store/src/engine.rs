@@ -230,7 +230,13 @@ pub(crate) fn disk_usage(path: &Path) -> io::Result<u64> {
     if meta.is_dir() {
         let mut total = 0;
         for entry in fs::read_dir(path)? {
-            total += disk_usage(&entry?.path())?;
+            // An engine may remove or rename its files while they are counted (sled does, in
+            // the background): a file gone meanwhile takes no space.
+            match disk_usage(&entry?.path()) {
+                Ok(bytes) => total += bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(total)
     } else {

@@ -396,6 +396,11 @@ impl Cluster {
         self.mark(i, "data dir wiped");
     }
 
+    /// Node `i`'s data directory (`TERN_DATA_DIR`).
+    pub fn data_dir(&self, i: usize) -> &std::path::Path {
+        &self.nodes[i].data
+    }
+
     /// SIGSTOP: node `i` freezes, its sockets stay open (a stalled machine).
     pub fn pause(&self, i: usize) {
         self.signal(i, "-STOP");

@@ -904,7 +904,12 @@ async fn wait_ready(
         }
         let mut still = vec![];
         for i in pending {
-            match http_get(port[&i], "/healthz/ready").await {
+            match http_get(
+                std::net::SocketAddr::from(([127, 0, 0, 1], port[&i])),
+                "/healthz/ready",
+            )
+            .await
+            {
                 Ok((200, _)) => {}
                 Ok((code, body)) => {
                     last.insert(i, format!("{code} {}", body.trim()));
@@ -940,14 +945,14 @@ async fn wait_ready(
     Ok(())
 }
 
-/// A plain HTTP/1.1 GET on 127.0.0.1: the status code and the body.
-async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+/// A plain HTTP/1.1 GET (health and metrics endpoints): the status code and the body, within
+/// 2 s.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        let mut stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| e.to_string())?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream
             .write_all(request.as_bytes())
             .await
@@ -962,16 +967,13 @@ async fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| "not an HTTP response".to_owned())?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned();
-        Ok((code, body))
+            .ok_or_else(|| format!("{addr}: not an HTTP response"))?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((code, body.to_owned()))
     };
     tokio::time::timeout(Duration::from_secs(2), exchange)
         .await
-        .map_err(|_| "no answer within 2 s".to_owned())?
+        .map_err(|_| format!("{addr}: no answer within 2 s"))?
 }
 
 /// The last lines of a log, indented.

@@ -10,13 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Method, StatusCode};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use tern_agent::admin::{
     AccountInfo, AdminBackend, AdminClient, AdminError, AdminServerConfig, ClientError, DomainInfo,
     NodeState, ServeError, ShardState, serve,
 };
+use tern_agent::pki::LocalPki;
 use tokio::task::JoinHandle;
 
 const PASSWORD: &str = "correct horse battery";
@@ -29,22 +27,14 @@ struct Pki {
 }
 
 fn pki(name: &str) -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("{name} CA"));
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let mut leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, format!("{name} admin"));
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let ca = LocalPki::generate(name).unwrap();
+    let (cert_pem, key_pem) = ca
+        .issue(&["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap();
     Pki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca_pem: ca.ca_cert_pem.clone(),
+        cert_pem,
+        key_pem,
     }
 }
 

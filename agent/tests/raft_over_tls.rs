@@ -12,10 +12,8 @@ use openraft::error::RPCError;
 use openraft::network::RPCOption;
 use openraft::raft::VoteRequest;
 use openraft::{Config, RaftNetwork, RaftNetworkFactory, Vote};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::ServerName;
+use tern_agent::pki::LocalPki;
 use tern_agent::rpc::{self, Network, RpcStats, Shards, TlsConfig};
 use tern_raft::testing::{KvApp, TempDir};
 use tern_raft::{Node, NodeId, ShardId, ShardRaft, Storage, new_raft};
@@ -35,22 +33,12 @@ struct Pki {
 }
 
 fn pki(name: &str) -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("{name} CA"));
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-
-    let mut node = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    node.distinguished_name
-        .push(DnType::CommonName, format!("{name} node"));
-    let key = KeyPair::generate().unwrap();
-    let cert = node.signed_by(&key, &ca).unwrap();
+    let ca = LocalPki::generate(name).unwrap();
+    let (cert_pem, key_pem) = ca.issue(&["127.0.0.1".to_owned()]).unwrap();
     Pki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca_pem: ca.ca_cert_pem.clone(),
+        cert_pem,
+        key_pem,
     }
 }
 

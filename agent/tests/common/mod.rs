@@ -39,7 +39,6 @@ use tern_agent::pki::{self, LocalPki};
 use tern_agent::rpc::{Network, RpcKind, RpcResponse, ShardStatus, TlsConfig};
 use tern_crds::Assignment;
 use tern_raft::Node;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The admin API's password in every test cluster.
 const PASSWORD: &str = "fault-tests-admin-password";
@@ -587,7 +586,7 @@ impl Cluster {
 
     /// `GET path` on node `i`'s health and metrics server: status code and body.
     pub async fn http_get(&self, i: usize, path: &str) -> Result<(u16, String), String> {
-        http_get(self.nodes[i].health, path).await
+        tern_agent::dev::http_get(self.nodes[i].health, path).await
     }
 
     /// A per-shard gauge of node `i`'s `/metrics`, e.g. `tern_shard_abstaining`.
@@ -809,36 +808,6 @@ fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(parent).unwrap();
     }
     pki::write_file(path, text, 0o644).unwrap();
-}
-
-/// A plain HTTP/1.1 GET: the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&response);
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("{addr}: not an HTTP response"))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Ok((code, body.to_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .map_err(|_| format!("{addr}: no answer within 2 s"))?
 }
 
 /// `ip ARGS…`; the error says what failed and why.

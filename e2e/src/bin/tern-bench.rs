@@ -242,19 +242,12 @@ async fn run(o: &Options) -> Result<(), String> {
 
 /// Entries and commands proposed by every node's leaders so far, from `/metrics`.
 async fn proposed(http: &[String]) -> (u64, u64) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut totals = (0, 0);
     for addr in http {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        let Ok(addr) = addr.parse() else { continue };
+        let Ok((_, text)) = tern_agent::dev::http_get(addr, "/metrics").await else {
             continue;
         };
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        let mut text = String::new();
-        if stream.write_all(request.as_bytes()).await.is_err()
-            || stream.read_to_string(&mut text).await.is_err()
-        {
-            continue;
-        }
         for line in text.lines() {
             let value = |prefix: &str| {
                 line.strip_prefix(prefix)

@@ -12,6 +12,8 @@ python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 command -v curl >/dev/null || need_apt+=(curl)
 # The partition test cuts a node off with a network namespace and veth links.
 command -v ip >/dev/null || need_apt+=(iproute2)
+# `tern-agent dev` and the process tests signal agents with the kill program (not the shell's).
+{ [ -x /usr/bin/kill ] || [ -x /bin/kill ]; } || need_apt+=(procps)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

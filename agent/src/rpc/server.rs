@@ -71,8 +71,8 @@ pub trait ShardService: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>>;
 }
 
-/// A bare map of shards answers writes through the leader's Raft directly, one entry per
-/// command (no batching), and read indexes and status from openraft.
+/// A bare map of shards (tests of the transport) runs Raft's RPCs and answers status; it
+/// takes no writes, read indexes or queries: those need a [`crate::shards::ShardHost`].
 impl ShardService for RwLock<BTreeMap<ShardId, ShardRaft>> {
     fn raft(&self, shard: ShardId) -> Option<ShardRaft> {
         self.read()
@@ -87,27 +87,15 @@ impl ShardService for RwLock<BTreeMap<ShardId, ShardRaft>> {
         raft: ShardRaft,
         kind: RpcKind,
     ) -> Pin<Box<dyn Future<Output = RpcResponse> + Send + '_>> {
-        Box::pin(async move {
-            match kind {
-                RpcKind::Write(request, _deadline) => RpcResponse::Write(
-                    raft.client_write(request)
-                        .await
-                        .map(|r| r.data)
-                        .map_err(|e| refusal(&e)),
-                ),
-                RpcKind::ReadIndex => RpcResponse::ReadIndex(
-                    raft.get_read_log_id()
-                        .await
-                        .map(|(read, _applied)| read.map(|id| id.index))
-                        .map_err(|e| refusal(&e)),
-                ),
-                RpcKind::Status => RpcResponse::Status(shard_status(&raft, false)),
-                RpcKind::Query(_) => RpcResponse::Query(Err(Refused::Failed(
-                    "this server answers no queries".into(),
-                ))),
-                other => unreachable!("Raft RPCs are dispatched by the server: {other:?}"),
-            }
-        })
+        let refused = || Refused::Failed("this server runs Raft only".into());
+        let response = match kind {
+            RpcKind::Status => RpcResponse::Status(shard_status(&raft, false)),
+            RpcKind::Write(..) => RpcResponse::Write(Err(refused())),
+            RpcKind::ReadIndex => RpcResponse::ReadIndex(Err(refused())),
+            RpcKind::Query(_) => RpcResponse::Query(Err(refused())),
+            other => unreachable!("Raft RPCs are dispatched by the server: {other:?}"),
+        };
+        Box::pin(std::future::ready(response))
     }
 }
 

@@ -417,7 +417,8 @@ impl ShardHost {
             .copied()
             .filter(|id| *id != self.node_id)
             .collect();
-        let answers = futures_join(others.iter().map(|id| self.status_of(shard, *id))).await;
+        let answers =
+            futures::future::join_all(others.iter().map(|id| self.status_of(shard, *id))).await;
         let local = replica.raft.metrics().borrow().clone();
         let all_answered = answers.iter().all(Option::is_some);
         // No replica holds more than the initial membership (index 0): no leader has ever
@@ -582,7 +583,8 @@ impl ShardHost {
             asked.extend(sa.voters.iter().copied());
         }
         asked.remove(&self.node_id);
-        let answers = futures_join(asked.iter().map(|id| self.status_of(shard, *id))).await;
+        let answers =
+            futures::future::join_all(asked.iter().map(|id| self.status_of(shard, *id))).await;
         let gone = answers.iter().flatten().any(|s| {
             s.is_leader
                 && s.committed_membership
@@ -949,11 +951,6 @@ fn initializer(shard: ShardId, voters: &[NodeId]) -> Option<NodeId> {
         return None;
     }
     Some(sorted[(shard as usize).saturating_sub(1) % sorted.len()])
-}
-
-/// Awaits all futures, in order.
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    futures::future::join_all(futures).await
 }
 
 /// The leader's proposer for one shard: groups the commands that are waiting into one entry,

@@ -7,12 +7,14 @@
 //! per node, waits until every node is ready and writes `endpoints.json`.
 //!
 //! ```text
-//! DIR/config.json  assignment.json  peers.json  admin-password  endpoints.json  pids
+//! DIR/config.json  assignment.json  peers.json  admin-password  gossip-keyring
+//!     endpoints.json  pids
 //! DIR/pki/         ca.crt ca.key  agent.crt agent.key  tls.crt tls.key
 //! DIR/<node>/      data/  agent.log
 //! ```
 //!
-//! Node `i` (0-based) listens on `base + 20*i + offset`; see [`NodePorts`].
+//! Node `i` (0-based) listens on `base + 20*i + offset`; see [`NodePorts`]. Every node gossips
+//! on its own port with the cluster's one keyring, its seeds the other nodes' gossip addresses.
 //!
 //! In the foreground it runs until Ctrl-C or SIGTERM, then stops the agents (SIGTERM, SIGKILL
 //! after 10 s). `--detach` exits once the cluster is ready and leaves the agents running, their
@@ -152,8 +154,9 @@ impl Options {
     }
 }
 
-/// The ports of node `i`: `base + 20*i + offset`. Only health, RPC and admin are served today;
-/// the others are reserved so that addresses do not move when their listeners arrive.
+/// The ports of node `i`: `base + 20*i + offset`. Health, RPC, admin and gossip (UDP and TCP)
+/// are served today; the others are reserved so that addresses do not move when their
+/// listeners arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodePorts {
     /// Plain HTTP: `/healthz/*`, `/metrics` (offset 0).
@@ -187,13 +190,19 @@ impl NodePorts {
         }
     }
 
-    /// The ports the agent listens on today, by what they serve.
-    pub fn served(&self) -> [(&'static str, u16); 3] {
+    /// The ports the agent listens on today, by what they serve (gossip: UDP and TCP).
+    pub fn served(&self) -> [(&'static str, u16); 4] {
         [
             ("health", self.http),
             ("rpc", self.rpc),
             ("admin", self.admin),
+            ("gossip", self.gossip),
         ]
+    }
+
+    /// `127.0.0.1:<gossip port>`.
+    pub fn gossip_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.gossip)
     }
 }
 
@@ -316,6 +325,9 @@ pub struct NodeEndpoints {
     pub rpc: String,
     /// `https://127.0.0.1:PORT`: the admin API.
     pub admin: String,
+    /// `127.0.0.1:PORT`: gossip (UDP and TCP); `/cluster/members` on `http` shows its view.
+    #[serde(default)]
+    pub gossip: String,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -397,6 +409,9 @@ impl Layout {
     fn admin_password(&self) -> PathBuf {
         self.file("admin-password")
     }
+    fn gossip_keyring(&self) -> PathBuf {
+        self.file("gossip-keyring")
+    }
     fn pids(&self) -> PathBuf {
         self.file("pids")
     }
@@ -474,6 +489,13 @@ fn check_ports_free(
         for (what, port) in ports.served() {
             if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
                 busy.push(format!("  127.0.0.1:{port} ({} {what}): {e}", node_name(i)));
+            } else if what == "gossip"
+                && let Err(e) = std::net::UdpSocket::bind(("127.0.0.1", port))
+            {
+                busy.push(format!(
+                    "  127.0.0.1:{port} UDP ({} {what}): {e}",
+                    node_name(i)
+                ));
             }
         }
     }
@@ -613,13 +635,45 @@ fn prepare(o: &Options, layout: &Layout) -> Result<(Assignment, String), String>
         pki::write_private(&key_path, &key).map_err(|e| e.to_string())?;
     }
     let password = admin_password(&layout.admin_password())?;
+    gossip_keyring(&layout.gossip_keyring())?;
     Ok((assignment, password))
+}
+
+/// The cluster's gossip keyring in `path`: kept when it is valid (a restarted cluster keeps
+/// its key), else a new one with one random key.
+fn gossip_keyring(path: &Path) -> Result<(), String> {
+    use tern_gossip::keyring::{KEY_LEN, KeyId, Keyring};
+    if crate::gossip::keys::read_key_file(CLUSTER, path).is_ok() {
+        return Ok(());
+    }
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut key = [0u8; KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| "the system's random source failed".to_owned())?;
+    let keyring = Keyring::new(CLUSTER, KeyId(1), [(KeyId(1), key)]).map_err(|e| e.to_string())?;
+    pki::write_private(path, &keyring.render_secret()).map_err(|e| e.to_string())
+}
+
+/// The other nodes' gossip addresses, comma-separated: node `ordinal`'s seeds.
+fn gossip_seeds(base: u16, nodes: u32, ordinal: u32) -> String {
+    (0..nodes)
+        .filter(|&j| j != ordinal)
+        .map(|j| NodePorts::of(base, j).gossip_addr())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Starts node `ordinal` as `tern-agent run` (this executable), logging to its `agent.log`
 /// (appended to when `append`), in its own process group: Ctrl-C reaches only this launcher,
 /// which stops the agents in order, and a detached cluster outlives the terminal's jobs.
-fn spawn(layout: &Layout, ordinal: u32, ports: NodePorts, append: bool) -> Result<Child, String> {
+fn spawn(
+    layout: &Layout,
+    ordinal: u32,
+    ports: NodePorts,
+    seeds: &str,
+    append: bool,
+) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let data = layout.data(ordinal);
     std::fs::create_dir_all(&data).map_err(io_error(&data))?;
@@ -654,6 +708,9 @@ fn spawn(layout: &Layout, ordinal: u32, ports: NodePorts, append: bool) -> Resul
         .env("TERN_PEERS_FILE", layout.peers())
         .env("TERN_ADMIN_ADDR", format!("127.0.0.1:{}", ports.admin))
         .env("TERN_ADMIN_PASSWORD_FILE", layout.admin_password())
+        .env("TERN_GOSSIP_ADDR", ports.gossip_addr())
+        .env("TERN_GOSSIP_SEEDS", seeds)
+        .env("TERN_GOSSIP_KEY_FILE", layout.gossip_keyring())
         .env("RUST_LOG", rust_log)
         // The log is a file: no terminal colour codes in it.
         .env("NO_COLOR", "1")
@@ -685,7 +742,13 @@ async fn run(o: Options) -> Result<(), String> {
         .collect();
     let mut agents = Agents(vec![]);
     for (i, p) in (0..o.nodes).zip(&ports) {
-        let child = spawn(&layout, i, *p, false)?;
+        let child = spawn(
+            &layout,
+            i,
+            *p,
+            &gossip_seeds(o.base_port, o.nodes, i),
+            false,
+        )?;
         agents.0.push(Agent { ordinal: i, child });
     }
     let pids: Vec<u32> = agents.0.iter().map(|a| a.child.id()).collect();
@@ -728,6 +791,7 @@ async fn run(o: Options) -> Result<(), String> {
                     http: format!("127.0.0.1:{}", p.http),
                     rpc: format!("127.0.0.1:{}", p.rpc),
                     admin: format!("https://127.0.0.1:{}", p.admin),
+                    gossip: p.gossip_addr(),
                     pid: pids[i as usize],
                     log: layout.log(i),
                 }
@@ -828,7 +892,8 @@ fn restart(layout: &Layout, ordinal: u32) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let child = spawn(layout, ordinal, ports, true)?;
+        let seeds = gossip_seeds(base, endpoints.nodes.len() as u32, ordinal);
+        let child = spawn(layout, ordinal, ports, &seeds, true)?;
         let mut agents = Agents(vec![Agent { ordinal, child }]);
         if let Err(e) = wait_ready(&mut agents, &[(ordinal, ports.http)], layout).await {
             agents.stop().await;
@@ -1004,13 +1069,13 @@ fn print_summary(
     );
     println!();
     println!(
-        "{:<15} {:>3}  {:<16} {:<16} {:<25} PID",
-        "NODE", "ID", "HTTP", "RPC", "ADMIN"
+        "{:<15} {:>3}  {:<16} {:<16} {:<25} {:<16} PID",
+        "NODE", "ID", "HTTP", "RPC", "ADMIN", "GOSSIP"
     );
     for n in &endpoints.nodes {
         println!(
-            "{:<15} {:>3}  {:<16} {:<16} {:<25} {}",
-            n.name, n.id, n.http, n.rpc, n.admin, n.pid
+            "{:<15} {:>3}  {:<16} {:<16} {:<25} {:<16} {}",
+            n.name, n.id, n.http, n.rpc, n.admin, n.gossip, n.pid
         );
     }
     println!();
@@ -1287,6 +1352,7 @@ mod tests {
                 http: "127.0.0.1:17000".into(),
                 rpc: "127.0.0.1:17001".into(),
                 admin: "https://127.0.0.1:17002".into(),
+                gossip: "127.0.0.1:17008".into(),
                 pid: 42,
                 log: "/d/dev-default-0/agent.log".into(),
             }],
@@ -1304,10 +1370,39 @@ mod tests {
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["admin"]["caFile"], "/d/pki/ca.crt");
         assert_eq!(v["nodes"][0]["http"], "127.0.0.1:17000");
+        assert_eq!(v["nodes"][0]["gossip"], "127.0.0.1:17008");
+        // An endpoints file from before gossip still reads.
+        let mut old = v.clone();
+        old["nodes"][0].as_object_mut().unwrap().remove("gossip");
+        let back: Endpoints = serde_json::from_value(old).unwrap();
+        assert_eq!(back.nodes[0].gossip, "");
         assert_eq!(
             v["accounts"],
             serde_json::json!([{"address": DEMO_ADDRESS, "password": "pw"}])
         );
+    }
+
+    #[test]
+    fn seeds_are_the_other_nodes_and_the_keyring_is_kept() {
+        assert_eq!(gossip_seeds(17000, 3, 1), "127.0.0.1:17008,127.0.0.1:17048");
+        assert_eq!(gossip_seeds(17000, 1, 0), "");
+        let dir = tern_raft::testing::TempDir::new("dev-gossip");
+        let path = dir.path().join("gossip-keyring");
+        gossip_keyring(&path).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        let (keyring, _) = crate::gossip::keys::read_key_file(CLUSTER, &path).unwrap();
+        assert_eq!(keyring.primary_id().0, 1);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        gossip_keyring(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first, "kept");
+        std::fs::write(&path, "garbage").unwrap();
+        gossip_keyring(&path).unwrap();
+        assert_ne!(std::fs::read_to_string(&path).unwrap(), first, "replaced");
+        assert!(crate::gossip::keys::read_key_file(CLUSTER, &path).is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The agent's HTTP endpoints for kubelet and Prometheus: `/healthz/live`, `/healthz/ready`,
-//! `/metrics`.
+//! The agent's HTTP endpoints for kubelet, Prometheus and people: `/healthz/live`,
+//! `/healthz/ready`, `/metrics`, and `/cluster/members` (gossip's view of the cluster, JSON).
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::follow::Shared;
+use crate::gossip::Gossip;
 use crate::rpc::ShardStatus;
 use crate::shards::ShardHost;
 
@@ -184,12 +185,17 @@ pub struct View {
     pub stores: bool,
     /// The node's shards, once it runs them (storage nodes).
     pub host: Arc<OnceLock<Arc<ShardHost>>>,
+    /// Membership: served at `/cluster/members`, in `/metrics`, and required by readiness.
+    pub gossip: Gossip,
 }
 
 impl View {
-    /// Ready once the followed assignment names this node (only then does it know its part)
-    /// and, on a storage node, once it runs a settled replica of every shard assigned to it.
+    /// Ready once the followed assignment names this node (only then does it know its part),
+    /// once its gossip has joined the cluster (or the assignment lists only this node) and,
+    /// on a storage node, once it runs a settled replica of every shard assigned to it.
     pub fn ready(&self) -> Result<u64, String> {
+        // Before taking the assignment's lock, which `joined` takes too.
+        let joined = self.gossip.joined();
         let st = self.followed.lock().unwrap_or_else(|e| e.into_inner());
         let (epoch, id) = match &st.current {
             None => return Err("no assignment yet".into()),
@@ -203,6 +209,9 @@ impl View {
                 Some(id) => (a.epoch, id),
             },
         };
+        if !joined {
+            return Err("gossip has not joined the cluster yet (no member answered)".into());
+        }
         let Some(host) = self.host.get() else {
             if self.stores {
                 return Err("the store is not running yet".into());
@@ -264,6 +273,7 @@ impl View {
             st.unreadable
         );
         drop(st);
+        self.gossip.render_metrics(&mut out);
         if let Some(host) = self.host.get() {
             shard_metrics(&mut out, host);
         }
@@ -271,7 +281,11 @@ impl View {
     }
 }
 
+const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+
 fn respond(req: &Request<Incoming>, view: &View) -> Response<Full<Bytes>> {
+    let mut content_type = TEXT;
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz/live") => (StatusCode::OK, "ok\n".to_string()),
         (&Method::GET, "/healthz/ready") => match view.ready() {
@@ -282,6 +296,13 @@ fn respond(req: &Request<Incoming>, view: &View) -> Response<Full<Bytes>> {
             ),
         },
         (&Method::GET, "/metrics") => (StatusCode::OK, view.metrics()),
+        (&Method::GET, "/cluster/members") => {
+            content_type = JSON;
+            match serde_json::to_string_pretty(&view.gossip.cluster_members()) {
+                Ok(json) => (StatusCode::OK, json + "\n"),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
         (&Method::GET, _) => (StatusCode::NOT_FOUND, "not found\n".into()),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -290,10 +311,7 @@ fn respond(req: &Request<Incoming>, view: &View) -> Response<Full<Bytes>> {
     };
     Response::builder()
         .status(status)
-        .header(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
+        .header(http::header::CONTENT_TYPE, content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
 }

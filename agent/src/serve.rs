@@ -16,6 +16,12 @@
 //! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM) |
 //! | `TERN_TIMEOUT_MS` | the longest a read or write waits for its shard (default 5000) |
 //! | `TERN_SNAPSHOT_LOGS` | a shard snapshots every this many log entries (default 20000) |
+//! | `TERN_GOSSIP_KEY_FILE` | the gossip keyring (required): the keyring text format, a raw 32-byte key, or one base64 key; read again every 5 s |
+//! | `TERN_GOSSIP_ADDR` | where gossip listens, UDP and TCP on the same port (default `0.0.0.0:<gossip.port>`) |
+//! | `TERN_GOSSIP_ADVERTISE_ADDR` | the gossip address peers are told (default: `TERN_GOSSIP_ADDR`, or `POD_IP:<port>` when that listens on every interface) |
+//! | `KUBERNETES_SERVICE_HOST`, `POD_NAMESPACE` | in Kubernetes: the agents elect one (Lease `<cluster>-reporter`) that writes gossip's view into the MailCluster's `status.members` and shard leaders, at most once a second |
+//! | `TERN_GOSSIP_SEEDS` | comma-separated `host[:port]` seeds, added to the configuration's `gossip.seeds` |
+//! | `POD_IP` | the pod's address (Downward API), advertised for listeners bound to every interface |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,8 +34,10 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminServerConfig};
 use crate::follow::{self, Shared};
+use crate::gossip::{self, GossipOptions, ShardSource};
 use crate::http::{self, View};
 use crate::node::Node;
+use crate::report;
 use crate::rpc::{Network, TlsConfig, serve_service};
 use crate::shards::{HostOptions, Peers, ShardHost, raft_config_with_snapshots};
 
@@ -55,12 +63,28 @@ pub async fn run(node: Node) -> Result<(), String> {
     let followed = Shared::default();
     let host_cell: Arc<OnceLock<Arc<ShardHost>>> = Arc::default();
     let stores = var("TERN_STORAGE").is_none_or(|s| s != "none") && var("TERN_DATA_DIR").is_some();
+    let gossip_options = GossipOptions::from_vars(
+        &node,
+        if stores { Some(rpc_addr(&node)?) } else { None },
+        var,
+    )?;
+    let shard_source: ShardSource = {
+        let host_cell = host_cell.clone();
+        Arc::new(move || {
+            host_cell
+                .get()
+                .map(|host| host.shard_statuses())
+                .unwrap_or_default()
+        })
+    };
+    let gossip = gossip::start(gossip_options, followed.clone(), shard_source).await?;
     let view = View {
         node: node.name.clone(),
         pool: node.pool.clone(),
         followed: followed.clone(),
         stores,
         host: host_cell.clone(),
+        gossip: gossip.clone(),
     };
     let addr = http::spawn(node.health_addr, view)
         .await
@@ -72,6 +96,8 @@ pub async fn run(node: Node) -> Result<(), String> {
         followed.clone(),
         Duration::from_secs(1),
     ));
+
+    let reporter = start_reporter(&node, &gossip).await;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -94,10 +120,67 @@ pub async fn run(node: Node) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+    if let Some(reporter) = reporter {
+        reporter.shutdown().await;
+    }
+    // First tell the others, so they stop routing here before the shards stop.
+    gossip.leave().await;
     if let Some(host) = host_cell.get() {
         host.shutdown().await;
     }
     Ok(())
+}
+
+/// In Kubernetes, joins the election of the one agent that writes the cluster's membership
+/// view into the MailCluster's status, fed from gossip twice a second. A view is published
+/// only once gossip has joined: the reporter writes the whole member list, and a partial one
+/// would hide nodes from the operator's placement.
+async fn start_reporter(node: &Node, gossip: &gossip::Gossip) -> Option<report::Reporter> {
+    let kube = match report::in_cluster_client().await {
+        Ok(Some(kube)) => kube,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client: the status reporter does not run");
+            return None;
+        }
+    };
+    let (tx, rx) = tokio::sync::watch::channel(report::ClusterView::default());
+    let source = gossip.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        while !tx.is_closed() {
+            tick.tick().await;
+            if !source.joined() {
+                continue;
+            }
+            let view = report::ClusterView::from_members(source.member_statuses());
+            tx.send_if_modified(|current| {
+                let changed = *current != view;
+                if changed {
+                    *current = view;
+                }
+                changed
+            });
+        }
+    });
+    Some(report::spawn(
+        kube.client,
+        &kube.namespace,
+        &node.config.cluster,
+        &node.name,
+        rx,
+    ))
+}
+
+/// Where the RPC server listens: `TERN_RPC_ADDR`, or every interface on the configured port.
+fn rpc_addr(node: &Node) -> Result<SocketAddr, String> {
+    match var("TERN_RPC_ADDR") {
+        Some(a) => a.parse().map_err(|e| format!("TERN_RPC_ADDR={a}: {e}")),
+        None => Ok(SocketAddr::from((
+            [0, 0, 0, 0],
+            node.config.rpc_port as u16,
+        ))),
+    }
 }
 
 /// Opens the store, waits until the assignment names this node, then runs its shards, the
@@ -133,10 +216,7 @@ async fn start_store(
         &read("TERN_AGENT_KEY_FILE")?,
     )
     .map_err(|e| format!("agent TLS: {e}"))?;
-    let rpc_addr: SocketAddr = match var("TERN_RPC_ADDR") {
-        Some(a) => a.parse().map_err(|e| format!("TERN_RPC_ADDR={a}: {e}"))?,
-        None => SocketAddr::from(([0, 0, 0, 0], node.config.rpc_port as u16)),
-    };
+    let rpc_addr = rpc_addr(node)?;
     let peers = match var("TERN_PEERS_FILE") {
         Some(path) => Peers::file(PathBuf::from(path)),
         None => Peers::dns(

@@ -10,6 +10,8 @@ pub mod assignment;
 pub mod cluster_role;
 pub mod common;
 pub mod condition;
+#[cfg(feature = "lease")]
+pub mod lease;
 pub mod mail_cluster;
 pub mod user_group;
 

@@ -194,7 +194,12 @@ pub struct TlsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct GossipSpec {
     /// The Secret key holding the gossip keyring. When absent the operator generates a key
-    /// once and never rotates it silently.
+    /// once and never rotates it silently. The key may hold the keyring text format (a
+    /// `primary <id>` line and `<id> <base64 of 32 bytes>` lines; every key listed opens
+    /// packets, the primary one seals), 32 raw random bytes, or one line of base64 of 32
+    /// bytes (such as `openssl rand -base64 32` prints); the last two are key id 1. Agents
+    /// read it again every few seconds: rotate without restarts by adding a key, then making
+    /// it primary, then removing the old one, each step on every pod before the next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_secret_ref: Option<SecretKeyRef>,
 }

@@ -15,7 +15,8 @@
 //!   jitter, partitions, paused and crashed nodes); `cargo bench -p tern-gossip` reports
 //!   detection time, false positives, convergence and bytes per node from it.
 //!
-//! Not yet wired into the agent (sockets, DNS seeds, metrics, status reporting).
+//! The agent runs it on real sockets in `tern-agent`'s `gossip` module (UDP and TCP on one
+//! port, DNS seeds, keyring reloads, metadata, metrics, `/cluster/members`).
 #![forbid(unsafe_code)]
 
 pub mod crypto;

@@ -126,6 +126,15 @@ pub struct Peer {
     pub since: u64,
     suspicion: Option<Suspicion>,
     phi: PhiDetector,
+    /// Last packet heard (the phi detector's arrival time is moved by pauses it forgives).
+    heard: Option<u64>,
+}
+
+impl Peer {
+    /// Local time of the last packet heard from this peer, if any.
+    pub fn last_heard(&self) -> Option<u64> {
+        self.heard
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -307,6 +316,19 @@ impl Member {
         self.incarnation += 1;
         self.announce_alive();
         true
+    }
+
+    /// The request a joining node sends to a seed it knows only by address (seeds come from
+    /// DNS, so their node ids are unknown until they answer): this member's full state, asking
+    /// for the peer's back. Send it over the stream transport; the peer's `receive` answers
+    /// with a `Sync` addressed to this member's id, which the caller routes back on the same
+    /// connection. Unlike [`join`](Self::join), nothing here is retried: the caller decides
+    /// when to ask again (while [`joined`](Self::joined) is false).
+    pub fn join_request(&self) -> Message {
+        Message::new(Kind::Sync {
+            reply: true,
+            members: self.full_state(),
+        })
     }
 
     /// Starts (or restarts) joining through `seeds`; retried until someone answers.
@@ -495,6 +517,10 @@ impl Member {
         }
         if !self.joined && self.peers.values().any(|p| p.state == State::Alive) {
             self.joined = true;
+        }
+        // After the updates, so that a sender that introduced itself counts as heard too.
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.heard = Some(now);
         }
         out
     }
@@ -955,6 +981,7 @@ impl Member {
                 since: now,
                 suspicion: None,
                 phi: PhiDetector::new(self.config.phi.clone()),
+                heard: None,
             },
         );
         // Insert at a random place so that new members are not all probed last.
@@ -1247,6 +1274,31 @@ mod tests {
             }),
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn join_request_to_an_address_joins_both_sides() {
+        // Node 2 knows node 1 only by address: it sends its join request there, node 1 answers
+        // with a Sync addressed to node 2 (routed back on the same connection by the caller).
+        let mut seed = Member::new(1, Config::default(), 7, 0);
+        let mut joiner = Member::new(2, Config::default(), 7, 0);
+        assert!(!seed.joined() && !joiner.joined());
+        let request = joiner.join_request();
+        assert!(request.needs_stream());
+        let out = seed.receive(10, 2, request);
+        assert_eq!(seed.state_of(2), Some(State::Alive));
+        assert!(seed.joined());
+        let answer = sends(&out)
+            .into_iter()
+            .find(|(to, m)| *to == 2 && m.needs_stream())
+            .map(|(_, m)| m.clone())
+            .expect("a Sync answer to the joiner");
+        assert!(matches!(answer.kind, Kind::Sync { reply: false, .. }));
+        joiner.receive(20, 1, answer);
+        assert!(joiner.joined());
+        assert_eq!(joiner.state_of(1), Some(State::Alive));
+        assert_eq!(joiner.peer(1).unwrap().last_heard(), Some(20));
+        assert_eq!(seed.peer(2).unwrap().last_heard(), Some(10));
     }
 
     #[test]

@@ -49,9 +49,11 @@
 //! durable, but a state-machine write waits for the log's fsync whenever one runs (an engine
 //! has one write lock). On **two engines** it never does: the state engine's `Deferred` writes
 //! become durable at its next `Immediate` write, a snapshot built or installed, or the flush a
-//! thread runs about once a second when the state engine was written (so crash replay stays
-//! short and redb can reuse the pages freed meanwhile). Until then the log covers them, by
-//! the two rules above.
+//! thread runs every 200 ms when the state engine was written (so crash replay stays short
+//! and redb can reuse the pages freed meanwhile). Until then the log covers them, by the two
+//! rules above. Between flushes they wait in memory ([`tern_store::Buffered`]), readable at
+//! once, and reach the engine as one batch: one engine commit per flush instead of one per
+//! applied entry.
 //!
 //! Snapshots are stored in the engine (see [`StateMachine`] for why), so a restarted node
 //! serves its last snapshot to a peer with an empty volume without rebuilding it.
@@ -224,6 +226,9 @@ impl Storage {
         if Arc::ptr_eq(&log, &state) {
             return Self::new(log);
         }
+        // Applies land in memory and reach the engine as one batch per flush (see
+        // `tern_store::Buffered`); the log holds them durably until then.
+        let state: Arc<dyn Engine> = Arc::new(tern_store::Buffered::new(state));
         Self {
             log: Arc::new(GroupCommit::start(log)),
             state_flush: Some(Arc::new(StateFlush::start(state.clone()))),

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tern_store::Engine;
 
-/// How often the state engine is made durable when it was written. redb holds its write lock
-/// through the fsync, so applies wait while it runs: frequent small flushes stall them less
-/// than rare large ones (p99 at 256 clients about halved against once a second).
+/// How often the state engine is made durable when it was written. Applies go to the
+/// buffered overlay and do not wait for a flush; the interval bounds the memory the overlay
+/// holds and the log tail a crash replays.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(200);
 
 /// The flush thread; it stops (after a last flush) when this is dropped, i.e. with the last

@@ -49,6 +49,7 @@ struct GatedEngine {
     inner: Arc<dyn Engine>,
     gate: Mutex<Gate>,
     changed: Condvar,
+    /// Flushes and `Immediate` writes other than log appends: each makes the engine durable.
     flushes: AtomicUsize,
 }
 
@@ -109,6 +110,9 @@ impl Engine for GatedEngine {
             .iter()
             .any(|op| matches!(op, Op::Put { keyspace, .. } if *keyspace == keys::RAFT_LOG));
         if !stores_entries {
+            if durability == Durability::Immediate {
+                self.flushes.fetch_add(1, Ordering::SeqCst);
+            }
             return self.inner.write(batch, durability);
         }
         assert_eq!(

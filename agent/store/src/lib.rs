@@ -7,11 +7,13 @@
 
 #![forbid(unsafe_code)]
 
+mod buffered;
 mod engine;
 mod redb_engine;
 mod sled_engine;
 pub mod suite;
 
+pub use buffered::Buffered;
 pub use engine::{Batch, Durability, Engine, EngineKind, KeyValue, Op, Space, StoreError, open};
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;

@@ -6,13 +6,17 @@
 //! ```text
 //! DIR/config.json  assignment.json  peers.json  admin-password
 //! DIR/pki/         ca.crt  agent.crt agent.key  tls.crt tls.key
-//! DIR/<node>/      data/  agent.log
+//! DIR/<node>/      data/  agent.log  gossip-keyring
 //! ```
 //!
 //! (configuration and assignment from [`tern_agent::dev`], certificates from
 //! [`tern_agent::pki`]), starts the nodes and waits until every one is ready. Faults come from
 //! outside, as in production: SIGKILL ([`Cluster::kill`]), SIGSTOP ([`Cluster::pause`]), a lost
 //! volume ([`Cluster::wipe`]) and a cut network link ([`Cluster::partition`]).
+//!
+//! Every node gossips on its own port, its seeds the other nodes' gossip addresses, with its
+//! own copy of the cluster's keyring (so that a test can rotate keys node by node:
+//! [`Cluster::write_gossip_keyring`]); readiness includes having joined.
 //!
 //! [`Cluster::start_with_netns`] puts one node in its own network namespace, joined to the host
 //! by two veth pairs: the *cluster* link carries Raft traffic and is what [`Cluster::partition`]
@@ -23,6 +27,8 @@
 //! Dropping the cluster SIGKILLs every node and removes the namespace and links, also when the
 //! test panics; the directory is removed only when the test passed (and `TERN_KEEP_CLUSTERS`
 //! is not set), so the logs of a failure stay (their tails are printed too).
+// Each test file uses its own part of the harness.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -44,8 +50,8 @@ use tern_raft::Node;
 const PASSWORD: &str = "fault-tests-admin-password";
 /// How long a cluster (or a restarted node) has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Ports each node uses: health, RPC, admin.
-const PORTS_PER_NODE: u16 = 3;
+/// Ports each node uses: health, RPC, admin, gossip (UDP and TCP).
+const PORTS_PER_NODE: u16 = 4;
 /// Test clusters take ports from here, below the kernel's ephemeral range (32768 and up), so
 /// that no outgoing connection takes a port between the check and the agent's bind or
 /// between a kill and a restart; `tern-e2e` starts at 20000.
@@ -65,6 +71,13 @@ pub struct Options {
     pub timeout_ms: u64,
     /// `TERN_SNAPSHOT_LOGS`: a shard snapshots every this many entries.
     pub snapshot_logs: Option<u64>,
+    /// Whether the nodes hold data (`TERN_STORAGE=voter`) or not (`none`: no shards, no
+    /// RPC server; health, metrics and gossip only).
+    pub storage: bool,
+    /// Nodes that [`Cluster::start`] does not start; [`Cluster::start_node`] starts them.
+    pub hold_back: Vec<usize>,
+    /// Whether [`Cluster::start`] waits until every node it started is ready.
+    pub wait_ready: bool,
 }
 
 impl Default for Options {
@@ -73,6 +86,9 @@ impl Default for Options {
             shards: 1,
             timeout_ms: 5000,
             snapshot_logs: None,
+            storage: true,
+            hold_back: vec![],
+            wait_ready: true,
         }
     }
 }
@@ -84,10 +100,13 @@ struct NodeProcess {
     env: Vec<(String, String)>,
     /// The network namespace it runs in, if not the host's.
     netns: Option<String>,
-    /// Where the test reaches its health endpoint, admin API and RPC server.
+    /// Where the test reaches its health endpoint, admin API, RPC server and gossip.
     health: SocketAddr,
     admin: SocketAddr,
     rpc: SocketAddr,
+    gossip: SocketAddr,
+    /// Its copy of the cluster's gossip keyring (`TERN_GOSSIP_KEY_FILE`).
+    keyring: PathBuf,
     data: PathBuf,
     log: PathBuf,
     child: Mutex<Option<Child>>,
@@ -99,6 +118,8 @@ pub struct Cluster {
     assignment: Assignment,
     ca_pem: String,
     tls: TlsConfig,
+    /// The cluster's gossip key (id 1).
+    gossip_key: [u8; tern_gossip::keyring::KEY_LEN],
     options: Options,
     started: Instant,
     /// Whether a panic message showed the logs already.
@@ -151,15 +172,18 @@ impl Cluster {
             health_bind: SocketAddr,
             rpc_bind: SocketAddr,
             admin_bind: SocketAddr,
+            gossip_bind: SocketAddr,
+            gossip_advertised: SocketAddr,
             rpc_advertised: SocketAddr,
             /// Where the test reaches the health endpoint and the admin API.
             reach: IpAddr,
-            /// Where the test reaches the RPC server.
+            /// Where the test reaches the RPC server and gossip.
             rpc_reach: SocketAddr,
+            gossip_reach: SocketAddr,
         }
         let plans: Vec<Plan> = (0..count)
             .map(|i| {
-                let [health, rpc, admin] = ports[i];
+                let [health, rpc, admin, gossip] = ports[i];
                 match (&netns, isolated) {
                     (Some(ns), Some(j)) if i == j => Plan {
                         // Inside its namespace it listens everywhere: its peers come over the
@@ -167,25 +191,34 @@ impl Cluster {
                         health_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), health),
                         rpc_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), rpc),
                         admin_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), admin),
+                        gossip_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), gossip),
+                        gossip_advertised: SocketAddr::new(ns.ns_ip.into(), gossip),
                         rpc_advertised: SocketAddr::new(ns.ns_ip.into(), rpc),
                         reach: ns.control_ns_ip.into(),
                         rpc_reach: SocketAddr::new(ns.control_ns_ip.into(), rpc),
+                        gossip_reach: SocketAddr::new(ns.control_ns_ip.into(), gossip),
                     },
                     (Some(ns), _) => Plan {
                         health_bind: SocketAddr::new(loopback, health),
                         rpc_bind: SocketAddr::new(ns.host_ip.into(), rpc),
                         admin_bind: SocketAddr::new(loopback, admin),
+                        gossip_bind: SocketAddr::new(ns.host_ip.into(), gossip),
+                        gossip_advertised: SocketAddr::new(ns.host_ip.into(), gossip),
                         rpc_advertised: SocketAddr::new(ns.host_ip.into(), rpc),
                         reach: loopback,
                         rpc_reach: SocketAddr::new(ns.host_ip.into(), rpc),
+                        gossip_reach: SocketAddr::new(ns.host_ip.into(), gossip),
                     },
                     (None, _) => Plan {
                         health_bind: SocketAddr::new(loopback, health),
                         rpc_bind: SocketAddr::new(loopback, rpc),
                         admin_bind: SocketAddr::new(loopback, admin),
+                        gossip_bind: SocketAddr::new(loopback, gossip),
+                        gossip_advertised: SocketAddr::new(loopback, gossip),
                         rpc_advertised: SocketAddr::new(loopback, rpc),
                         reach: loopback,
                         rpc_reach: SocketAddr::new(loopback, rpc),
+                        gossip_reach: SocketAddr::new(loopback, gossip),
                     },
                 }
             })
@@ -216,6 +249,8 @@ impl Cluster {
             .collect();
         write(&peers_file, &serde_json::to_string_pretty(&peers).unwrap());
         pki::write_private(&password_file, PASSWORD).unwrap();
+        let gossip_key = random_key();
+        let keyring = gossip_keyring_text(1, &[(1, gossip_key)]);
 
         // One certificate for every agent and one for the listeners, valid for every
         // address any node is reached at.
@@ -257,11 +292,22 @@ impl Cluster {
                 let node_dir = dir.join(&name);
                 std::fs::create_dir_all(&node_dir).unwrap();
                 let data = node_dir.join("data");
+                let keyring_file = node_dir.join("gossip-keyring");
+                pki::write_private(&keyring_file, &keyring).unwrap();
+                let seeds: Vec<String> = plans
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| p.gossip_advertised.to_string())
+                    .collect();
                 let mut env = vec![
                     ("POD_NAME", name.clone()),
                     ("TERN_ROLE", dev::POOL.to_owned()),
                     ("TERN_CLUSTER", dev::CLUSTER.to_owned()),
-                    ("TERN_STORAGE", "voter".to_owned()),
+                    (
+                        "TERN_STORAGE",
+                        if options.storage { "voter" } else { "none" }.to_owned(),
+                    ),
                     ("TERN_CONFIG_FILE", path(&config_file)),
                     ("TERN_ASSIGNMENT_FILE", path(&assignment_file)),
                     ("TERN_HEALTH_ADDR", plan.health_bind.to_string()),
@@ -279,6 +325,13 @@ impl Cluster {
                     ("TERN_TLS_CERT_FILE", path(&tls_cert)),
                     ("TERN_TLS_KEY_FILE", path(&tls_key)),
                     ("TERN_TIMEOUT_MS", options.timeout_ms.to_string()),
+                    ("TERN_GOSSIP_ADDR", plan.gossip_bind.to_string()),
+                    (
+                        "TERN_GOSSIP_ADVERTISE_ADDR",
+                        plan.gossip_advertised.to_string(),
+                    ),
+                    ("TERN_GOSSIP_SEEDS", seeds.join(",")),
+                    ("TERN_GOSSIP_KEY_FILE", path(&keyring_file)),
                     ("RUST_LOG", "info,openraft=warn".to_owned()),
                     ("NO_COLOR", "1".to_owned()),
                 ];
@@ -294,6 +347,8 @@ impl Cluster {
                     health: SocketAddr::new(plan.reach, plan.health_bind.port()),
                     admin: SocketAddr::new(plan.reach, plan.admin_bind.port()),
                     rpc: plan.rpc_reach,
+                    gossip: plan.gossip_reach,
+                    keyring: keyring_file,
                     data,
                     log: node_dir.join("agent.log"),
                     name,
@@ -308,15 +363,22 @@ impl Cluster {
             assignment,
             ca_pem: ca.ca_cert_pem.clone(),
             tls,
+            gossip_key,
             options,
             started: Instant::now(),
             tails_shown: AtomicBool::new(false),
             netns,
         };
-        for i in 0..count {
+        let started: Vec<usize> = (0..count)
+            .filter(|i| !cluster.options.hold_back.contains(i))
+            .collect();
+        for &i in &started {
             cluster.spawn(i);
         }
-        for i in 0..count {
+        if !cluster.options.wait_ready {
+            return cluster;
+        }
+        for &i in &started {
             cluster.wait_ready(i).await;
         }
         eprintln!(
@@ -382,6 +444,39 @@ impl Cluster {
         );
         self.mark(i, "restarted");
         self.spawn(i);
+    }
+
+    /// Starts node `i`, held back by [`Options::hold_back`]; does not wait until it is ready.
+    pub fn start_node(&self, i: usize) {
+        assert!(
+            self.nodes[i].child.lock().unwrap().is_none(),
+            "{} already runs",
+            self.nodes[i].name
+        );
+        self.mark(i, "started");
+        self.spawn(i);
+    }
+
+    /// SIGTERM (a pod being deleted): waits until node `i` has exited, at most `within`, and
+    /// returns its exit status and how long it took.
+    pub async fn terminate(&self, i: usize, within: Duration) -> (ExitStatus, Duration) {
+        self.signal(i, "-TERM");
+        self.mark(i, "terminated (SIGTERM)");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exited(i) {
+                self.nodes[i].child.lock().unwrap().take();
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > within {
+                self.fail(&format!(
+                    "{} did not exit within {:.1} s of SIGTERM",
+                    self.nodes[i].name,
+                    within.as_secs_f64()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Removes node `i`'s data dir: a lost volume. The node must not run.
@@ -589,6 +684,48 @@ impl Cluster {
         tern_agent::dev::http_get(self.nodes[i].health, path).await
     }
 
+    /// A sample of node `i`'s `/metrics`, named with its labels as exposed, e.g.
+    /// `tern_gossip_packets_dropped_total{reason="auth_failed"}`.
+    pub async fn metric(&self, i: usize, series: &str) -> Result<u64, String> {
+        let (code, body) = self.http_get(i, "/metrics").await?;
+        if code != 200 {
+            return Err(format!("/metrics answered {code}"));
+        }
+        let prefix = format!("{series} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .ok_or_else(|| format!("no {series} in /metrics"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{series}: {e}"))
+    }
+
+    /// Node `i`'s `GET /cluster/members` (gossip's view).
+    pub async fn members(&self, i: usize) -> Result<serde_json::Value, String> {
+        let (code, body) = self.http_get(i, "/cluster/members").await?;
+        if code != 200 {
+            return Err(format!("/cluster/members answered {code}: {body}"));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("/cluster/members: {e}: {body}"))
+    }
+
+    /// Where node `i`'s gossip listens (UDP and TCP), as the test reaches it.
+    pub fn gossip_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].gossip
+    }
+
+    /// The cluster's gossip key, id 1 in every node's keyring at start.
+    pub fn gossip_key(&self) -> [u8; tern_gossip::keyring::KEY_LEN] {
+        self.gossip_key
+    }
+
+    /// Replaces node `i`'s gossip keyring file (by a rename, as a Secret volume update swaps
+    /// a link: the node reads the old or the new file, never half of one).
+    pub fn write_gossip_keyring(&self, i: usize, text: &str) {
+        pki::write_private(&self.nodes[i].keyring, text).unwrap();
+        self.mark(i, "gossip keyring file replaced");
+    }
+
     /// A per-shard gauge of node `i`'s `/metrics`, e.g. `tern_shard_abstaining`.
     pub async fn shard_gauge(&self, i: usize, name: &str, shard: u32) -> Result<u64, String> {
         let (code, body) = self.http_get(i, "/metrics").await?;
@@ -780,22 +917,47 @@ pub async fn create_domain_retrying(
     }
 }
 
-/// `count` blocks of [`PORTS_PER_NODE`] ports, free on every address: from a place that
-/// depends on the process and the cluster, so that parallel tests and test processes do not
-/// race for the same ports.
-fn free_ports(k: u32, count: usize) -> Vec<[u16; 3]> {
+/// The keyring file text with `primary` and `keys` (id, key).
+pub fn gossip_keyring_text(
+    primary: u32,
+    keys: &[(u32, [u8; tern_gossip::keyring::KEY_LEN])],
+) -> String {
+    use tern_gossip::keyring::{KeyId, Keyring};
+    Keyring::new(
+        dev::CLUSTER,
+        KeyId(primary),
+        keys.iter().map(|(id, key)| (KeyId(*id), *key)),
+    )
+    .unwrap()
+    .render_secret()
+}
+
+/// A new random gossip key.
+pub fn random_key() -> [u8; tern_gossip::keyring::KEY_LEN] {
+    use ring::rand::SecureRandom;
+    let mut key = [0u8; tern_gossip::keyring::KEY_LEN];
+    ring::rand::SystemRandom::new().fill(&mut key).unwrap();
+    key
+}
+
+/// `count` blocks of [`PORTS_PER_NODE`] ports, free on every address (TCP, and UDP for
+/// gossip): from a place that depends on the process and the cluster, so that parallel tests
+/// and test processes do not race for the same ports.
+fn free_ports(k: u32, count: usize) -> Vec<[u16; 4]> {
     let width = PORTS_PER_NODE * count as u16;
     let slots = (PORT_RANGE.end - PORT_RANGE.start) / width;
     let first = (std::process::id().wrapping_mul(7919).wrapping_add(k * 613)) % u32::from(slots);
     for n in 0..slots {
         let base = PORT_RANGE.start + ((first as u16 + n) % slots) * width;
-        let all_free = (base..base + width)
-            .all(|p| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok());
+        let all_free = (base..base + width).all(|p| {
+            std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
+                && std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, p)).is_ok()
+        });
         if all_free {
             return (0..count as u16)
                 .map(|i| {
                     let b = base + i * PORTS_PER_NODE;
-                    [b, b + 1, b + 2]
+                    [b, b + 1, b + 2, b + 3]
                 })
                 .collect();
         }

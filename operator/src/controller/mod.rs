@@ -134,6 +134,10 @@ pub async fn run(
     ));
     let stop = futures::FutureExt::shared(Box::pin(stop));
 
+    // Every change to a MailCluster reconciles it, status included: no generation predicate,
+    // because the agents' reporter changes only `status.members` and placement must see a
+    // dead node at once to move its task shards. The operator's own status apply is a no-op
+    // when nothing changed, so it does not feed itself.
     let clusters = Controller::new(api::<MailCluster>(&client, ns), watcher::Config::default())
         .owns(api::<StatefulSet>(&client, ns), managed.clone())
         .owns(api::<Service>(&client, ns), managed.clone())

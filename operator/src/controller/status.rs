@@ -458,6 +458,47 @@ mod tests {
         assert!(condition::is_true(&s.conditions, DEGRADED));
     }
 
+    /// Server-side apply removes the fields a manager stops sending, and the reporter's
+    /// fields must survive the operator's apply: so the operator's body carries none of them,
+    /// whatever the status it read holds.
+    #[test]
+    fn the_operators_patch_never_carries_the_reporters_fields() {
+        let mut c = cluster();
+        c.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "members": [{"name": "mail-default-0", "nodeId": 1, "state": "Alive"}],
+                "shards": [{"id": 1, "leader": 1, "lastAppliedLag": 7, "voters": [1]}]
+            }))
+            .unwrap(),
+        );
+        let assignment = Assignment {
+            epoch: 3,
+            cluster: "mail".into(),
+            shards: vec![tern_crds::ShardAssignment {
+                id: 1,
+                voters: vec![1],
+                learners: vec![],
+            }],
+            ..Default::default()
+        };
+        let s = cluster_status(
+            &c,
+            &[pool(1, sts(1, 1, 1))],
+            Some(&assignment),
+            None,
+            jiff::Timestamp::now(),
+        );
+        assert_eq!(s.leaders.as_deref(), Some("1/1"), "it reads the leaders");
+        let body = status_patch::<MailCluster>("mail", &s);
+        let status = body["status"].as_object().unwrap();
+        assert!(!status.contains_key("members"), "{body}");
+        assert_eq!(
+            body["status"]["shards"],
+            serde_json::json!([{"id": 1, "voters": [1]}]),
+            "placement only, never leader or lastAppliedLag"
+        );
+    }
+
     #[test]
     fn dead_member_degrades() {
         let mut c = cluster();

@@ -499,6 +499,77 @@ async fn status_writes_keep_the_agents_fields_and_transition_times() {
     );
 }
 
+/// The agents' reporter marks a node dead in `status.members` (a status-only change: the
+/// controller watches MailClusters without a generation predicate, so it reconciles): the
+/// next reconcile moves the node's task shards to live nodes of its pool.
+#[tokio::test]
+async fn a_node_the_agents_report_dead_loses_its_task_shards() {
+    let (fake, ctx) = setup(json!({}));
+    create(&fake, &ctx).await;
+    let mut role = backend_role();
+    role["spec"]["replicas"] = json!(3);
+    role["spec"]["tasks"] = json!([{"name": "purge-stores", "shards": 2, "nodesPerShard": 1}]);
+    fake.put(role);
+    reconcile(&fake, &ctx).await;
+    let before = assignment(&fake);
+    let acting = |a: &Assignment| -> Vec<u64> {
+        a.tasks
+            .iter()
+            .filter(|t| t.pool == "backend")
+            .map(|t| t.nodes[0])
+            .collect()
+    };
+    let victim = acting(&before)[0];
+    let (victim_name, _) = before.nodes.iter().find(|(_, n)| n.id == victim).unwrap();
+    let members: Vec<Value> = before
+        .nodes
+        .iter()
+        .map(|(name, n)| {
+            let state = if n.id == victim { "Dead" } else { "Alive" };
+            json!({"name": name, "nodeId": n.id, "pool": n.pool, "state": state})
+        })
+        .collect();
+    let generation = fake.get(MC).unwrap()["metadata"]["generation"].clone();
+    fake.edit(MC, |mc| mc["status"]["members"] = json!(members));
+    assert_eq!(
+        fake.get(MC).unwrap()["metadata"]["generation"],
+        generation,
+        "a status change leaves the generation alone"
+    );
+
+    reconcile(&fake, &ctx).await;
+    let after = assignment(&fake);
+    assert!(after.epoch > before.epoch);
+    let now_acting = acting(&after);
+    assert_eq!(now_acting.len(), 2);
+    assert!(
+        !now_acting.contains(&victim),
+        "{victim_name} is dead: {now_acting:?}"
+    );
+    assert!(
+        after
+            .tasks
+            .iter()
+            .all(|t| t.nodes.iter().all(|n| *n != victim)),
+        "the dead node stands by for nothing either"
+    );
+    let mc = fake.get(MC).unwrap();
+    let degraded = cond(&mc, "Degraded");
+    assert_eq!(degraded["reason"], "MembersUnhealthy");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains(victim_name.as_str()),
+        "{degraded}"
+    );
+    assert_eq!(
+        mc["status"]["members"],
+        json!(members),
+        "the operator leaves the reporter's members alone"
+    );
+}
+
 #[tokio::test]
 async fn a_role_without_its_cluster_says_so() {
     let (client, fake) = FakeApi::start();

@@ -20,7 +20,8 @@ use tern_crds::MailCluster;
 
 use super::{Context, DEFAULT_CLUSTER_DOMAIN, RenderError, names};
 
-/// Key of the gossip key in its Secret: 32 random bytes (raw, not text).
+/// Key of the gossip keyring in its Secret: the keyring text format the agents read
+/// (`primary 1` and `1 <base64 of 32 random bytes>`), so that rotation is an edit of this key.
 pub const GOSSIP_KEY: &str = "key";
 /// Key of the recovery administrator's password: URL-safe base64 text of 24 random bytes.
 pub const ADMIN_PASSWORD_KEY: &str = "password";
@@ -38,7 +39,8 @@ const LEAF_YEARS: i16 = 5;
 /// A Secret the operator generates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SecretKind {
-    /// `<cluster>-gossip`: the gossip encryption key (`key`, 32 raw random bytes).
+    /// `<cluster>-gossip`: the gossip keyring (`key`: one random key, id 1, primary; see
+    /// [`gossip_keyring`]).
     GossipKey,
     /// `<cluster>-tls`: a self-signed certificate for the client listeners
     /// (`kubernetes.io/tls`), valid for every domain `d` and `mail.d`.
@@ -112,7 +114,10 @@ pub fn generate_secret_in_domain(
             names::gossip_secret(cluster),
             "gossip",
             "Opaque",
-            BTreeMap::from([(GOSSIP_KEY, random_bytes::<32>()?.to_vec())]),
+            BTreeMap::from([(
+                GOSSIP_KEY,
+                gossip_keyring(&random_bytes::<32>()?).into_bytes(),
+            )]),
         ),
         SecretKind::Admin => (
             names::admin_secret(cluster),
@@ -187,9 +192,26 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], RenderError> {
     Ok(bytes)
 }
 
+/// The gossip keyring file of a new cluster: one key, id 1, primary. The agents' format
+/// (`tern_gossip::keyring`): rotation adds `2 <key>`, then makes it primary, then removes
+/// line `1`, each step applied on every node before the next.
+pub fn gossip_keyring(key: &[u8; 32]) -> String {
+    format!(
+        "# Tern gossip keyring\nprimary 1\n1 {}\n",
+        base64(key, STANDARD, true)
+    )
+}
+
+const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
 /// URL- and shell-safe base64 without padding (RFC 4648 §5).
 fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    base64(bytes, URL_SAFE, false)
+}
+
+/// Base64 with `alphabet`, padded with `=` when `pad` (RFC 4648 §4 and §5).
+fn base64(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -197,7 +219,12 @@ fn base64url(bytes: &[u8]) -> String {
             .enumerate()
             .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize]));
+            out.push(char::from(alphabet[(n >> (18 - 6 * i) & 0x3f) as usize]));
+        }
+        if pad {
+            for _ in chunk.len()..3 {
+                out.push('=');
+            }
         }
     }
     out
@@ -453,8 +480,21 @@ mod tests {
         let b = generate_secret(&cluster, SecretKind::GossipKey, None).unwrap();
         assert_eq!(a.metadata.name.as_deref(), Some("mail-gossip"));
         assert_eq!(a.type_.as_deref(), Some("Opaque"));
-        assert_eq!(data(&a, "key").len(), 32);
-        assert_ne!(data(&a, "key"), data(&b, "key"));
+        // The keyring text format: a comment, `primary 1`, and key 1 in standard base64.
+        let keyring = text(&a, "key");
+        let lines: Vec<&str> = keyring.lines().collect();
+        assert_eq!(lines.len(), 3, "{keyring}");
+        assert!(lines[0].starts_with('#'));
+        assert_eq!(lines[1], "primary 1");
+        let key = lines[2].strip_prefix("1 ").unwrap();
+        assert_eq!(key.len(), 44, "32 bytes in padded base64");
+        assert!(key.ends_with('='));
+        assert!(
+            key[..43]
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        );
+        assert_ne!(text(&a, "key"), text(&b, "key"));
 
         let admin = generate_secret(&cluster, SecretKind::Admin, None).unwrap();
         let password = text(&admin, "password");
@@ -472,6 +512,30 @@ mod tests {
             admin.metadata.labels.as_ref().unwrap()["mail.tern.dev/cluster"],
             "mail"
         );
+    }
+
+    #[test]
+    fn gossip_keyring_encodes_the_key_in_standard_base64() {
+        let mut key = [0u8; 32];
+        key[0] = 0xfb;
+        key[1] = 0xff;
+        key[31] = 0x01;
+        assert_eq!(
+            gossip_keyring(&key),
+            "# Tern gossip keyring\nprimary 1\n1 +/8AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE=\n"
+        );
+        // RFC 4648 §10 vectors, padded.
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes(), STANDARD, true), encoded);
+        }
     }
 
     #[test]

@@ -1,0 +1,665 @@
+//! The tokio server: accepts connections on one listener and runs a [`Session`] on each,
+//! doing the I/O the session asks for.
+//!
+//! Per connection, in order: the PROXY header when the listener expects one (bounded in
+//! size and time; without a valid one the connection is closed), the per-address
+//! connection limit, the TLS handshake on an implicit-TLS listener, then the session. Every
+//! wait for the client is bounded by the idle timeout; a client that stalls mid-message is
+//! cut off and its partial message never reaches the backend. Commands are charged to the
+//! client's address (token bucket), password attempts are refused without a check after
+//! too many failures per address or per account. On shutdown the listener stops
+//! accepting; sessions between commands are told `421` at once, sessions in the middle of
+//! a message may finish it within the grace period.
+
+use std::future::Future;
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::backend::{AuthVerdict, Backend, DeliveryStatus};
+use crate::envelope::{SessionId, received_header};
+use crate::limits::Limits;
+use crate::proxy;
+use crate::reply::canned;
+use crate::session::{Action, Protocol, Session, SessionConfig, SessionInfo, TlsInfo};
+use crate::throttle::Throttle;
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Inbound SMTP (25), STARTTLS when TLS is configured.
+    Smtp,
+    /// Submission with STARTTLS (587).
+    Submission,
+    /// Submission over implicit TLS (465, RFC 8314).
+    Smtps,
+    /// LMTP (24), STARTTLS when TLS is configured.
+    Lmtp,
+}
+
+impl ListenerKind {
+    /// The protocol its sessions speak.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            ListenerKind::Smtp => Protocol::Smtp,
+            ListenerKind::Submission | ListenerKind::Smtps => Protocol::Submission,
+            ListenerKind::Lmtp => Protocol::Lmtp,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Smtps => "smtps",
+            ListenerKind::Lmtp => "lmtp",
+        }
+    }
+}
+
+/// A listener's configuration.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// What it serves.
+    pub kind: ListenerKind,
+    /// This server's name (greeting, EHLO, Received).
+    pub hostname: String,
+    /// The TLS configuration: STARTTLS on Smtp/Submission/Lmtp, required for Smtps.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether every connection starts with a PROXY v1/v2 header (behind a load balancer).
+    pub proxy_protocol: bool,
+    /// Whether AUTH is offered (always only under TLS). By default on for submission
+    /// listeners, off for Smtp, never on Lmtp.
+    pub auth: bool,
+    /// The limits.
+    pub limits: Limits,
+}
+
+impl ListenerConfig {
+    /// Defaults for `kind`: no TLS, no PROXY, AUTH on submission listeners, default limits.
+    pub fn new(kind: ListenerKind, hostname: impl Into<String>) -> Self {
+        ListenerConfig {
+            kind,
+            hostname: hostname.into(),
+            tls: None,
+            proxy_protocol: false,
+            auth: matches!(kind, ListenerKind::Submission | ListenerKind::Smtps),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Errors that stop a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot work.
+    #[error("invalid listener configuration: {0}")]
+    Config(&'static str),
+}
+
+struct Shared<B> {
+    config: ListenerConfig,
+    backend: Arc<B>,
+    throttle: Arc<Throttle>,
+    acceptor: Option<TlsAcceptor>,
+}
+
+/// One listener's server.
+pub struct Server<B> {
+    shared: Arc<Shared<B>>,
+}
+
+impl<B: Backend> Server<B> {
+    /// A server for `config` storing through `backend`, with its own [`Throttle`].
+    pub fn new(config: ListenerConfig, backend: Arc<B>) -> Result<Self, ServerError> {
+        let throttle = Throttle::new(config.limits.clone());
+        Self::with_throttle(config, backend, throttle)
+    }
+
+    /// A server sharing `throttle` (per-address and per-account limits) with others, so
+    /// that, e.g., password failures on 587 and 465 count together.
+    pub fn with_throttle(
+        config: ListenerConfig,
+        backend: Arc<B>,
+        throttle: Arc<Throttle>,
+    ) -> Result<Self, ServerError> {
+        if config.kind == ListenerKind::Smtps && config.tls.is_none() {
+            return Err(ServerError::Config(
+                "an smtps listener needs a TLS configuration",
+            ));
+        }
+        if config.hostname.is_empty()
+            || config
+                .hostname
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ServerError::Config(
+                "hostname must be a non-empty name without spaces",
+            ));
+        }
+        if config.limits.max_command_line < 512 || config.limits.max_auth_line < 512 {
+            return Err(ServerError::Config(
+                "command lines must be allowed at least 512 octets",
+            ));
+        }
+        if config.limits.max_errors == 0 || config.limits.max_connections == 0 {
+            return Err(ServerError::Config(
+                "max_errors and max_connections must be at least 1",
+            ));
+        }
+        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                backend,
+                throttle,
+                acceptor,
+            }),
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes, then shuts down
+    /// gracefully and returns once every session has ended.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let kind = self.shared.config.kind;
+        let max_connections = self.shared.config.limits.max_connections;
+        let grace = self.shared.config.limits.shutdown_grace;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        info!(listener = kind.as_str(), address = ?listener.local_addr().ok(), "listening");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    if let Err(e) = done {
+                        warn!(error = %e, "session task failed");
+                    }
+                }
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        if sessions.len() >= max_connections {
+                            debug!(%peer, "listener full");
+                            if kind != ListenerKind::Smtps {
+                                // Best effort, without waiting on a client that does not read.
+                                let _ = tcp.try_write(&canned::too_many_connections().to_bytes());
+                            }
+                            continue;
+                        }
+                        sessions.spawn(connection(Arc::clone(&self.shared), tcp, peer, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause rather than spin.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        info!(
+            listener = kind.as_str(),
+            sessions = sessions.len(),
+            "shutting down"
+        );
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                done = sessions.join_next() => if done.is_none() { break },
+                () = &mut deadline => {
+                    warn!(listener = kind.as_str(), sessions = sessions.len(), "grace period over, aborting sessions");
+                    sessions.abort_all();
+                    while sessions.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it (what followed the PROXY header).
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `inner`, with `prefix` read first.
+    pub fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.pos);
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+type Plain = Prefixed<TcpStream>;
+
+enum Conn {
+    Plain(Plain),
+    Tls(Box<tokio_rustls::server::TlsStream<Plain>>),
+    Gone,
+}
+
+impl Conn {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+            Conn::Gone => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.write_all(data).await,
+            Conn::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Conn::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Conn::Plain(s) => s.shutdown().await,
+            Conn::Tls(s) => s.shutdown().await,
+            Conn::Gone => Ok(()),
+        };
+    }
+}
+
+fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => "unknown".to_owned(),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map_or_else(|| "unknown".to_owned(), |s| format!("{:?}", s.suite()));
+    TlsInfo { version, cipher }
+}
+
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<(proxy::ProxyHeader, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 512];
+    loop {
+        match proxy::parse(&buf) {
+            Ok(Some((header, used))) => return Ok((header, buf.split_off(used))),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let n = tcp.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the PROXY header".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn connection<B: Backend>(
+    shared: Arc<Shared<B>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    let id = SessionId::random();
+    let span = tracing::info_span!(
+        "smtp_session",
+        session = %id,
+        listener = shared.config.kind.as_str(),
+        %peer,
+        client = tracing::field::Empty,
+    );
+    run_connection(shared, tcp, peer, stop, id)
+        .instrument(span)
+        .await;
+}
+
+async fn run_connection<B: Backend>(
+    shared: Arc<Shared<B>>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    id: SessionId,
+) {
+    let config = &shared.config;
+    let limits = &config.limits;
+    let _ = tcp.set_nodelay(true);
+    let (client, leftover) = if config.proxy_protocol {
+        match timeout(limits.proxy_header_timeout, read_proxy_header(&mut tcp)).await {
+            Ok(Ok((header, leftover))) => (header.source.unwrap_or(peer), leftover),
+            Ok(Err(e)) => {
+                warn!(error = %e, "connection refused: no valid PROXY header");
+                return;
+            }
+            Err(_) => {
+                warn!("connection refused: no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        (peer, Vec::new())
+    };
+    tracing::Span::current().record("client", tracing::field::display(client));
+    let plain = Prefixed::new(tcp, leftover);
+    let Some(_slot) = shared.throttle.connect(client.ip()) else {
+        warn!("too many connections from this address");
+        if config.kind != ListenerKind::Smtps {
+            let mut plain = plain;
+            let _ = timeout(
+                limits.idle_timeout,
+                plain.write_all(&canned::too_many_connections().to_bytes()),
+            )
+            .await;
+        }
+        return;
+    };
+    let mut info = SessionInfo::new(id, config.kind.protocol(), client, peer);
+    let conn = match (&shared.acceptor, config.kind) {
+        (Some(acceptor), ListenerKind::Smtps) => {
+            match timeout(limits.tls_handshake_timeout, acceptor.accept(plain)).await {
+                Ok(Ok(tls)) => {
+                    info.tls = Some(tls_info(tls.get_ref().1));
+                    Conn::Tls(Box::new(tls))
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+        _ => Conn::Plain(plain),
+    };
+    debug!("session started");
+    let session_config = SessionConfig {
+        hostname: config.hostname.clone(),
+        starttls: shared.acceptor.is_some() && config.kind != ListenerKind::Smtps,
+        auth: config.auth,
+        limits: limits.clone(),
+    };
+    let session = Session::new(session_config, info);
+    drive(&shared, session, conn, stop).await;
+    debug!("session ended");
+}
+
+/// Writes what the session has to say; false when the client cannot be written to.
+async fn flush(conn: &mut Conn, session: &mut Session, limits: &Limits) -> bool {
+    let out = session.take_output();
+    if out.is_empty() {
+        return true;
+    }
+    matches!(
+        timeout(limits.idle_timeout, conn.write_all(&out)).await,
+        Ok(Ok(()))
+    )
+}
+
+async fn drive<B: Backend>(
+    shared: &Shared<B>,
+    mut session: Session,
+    mut conn: Conn,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limits = &shared.config.limits;
+    let client_ip = session.info().client.ip();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut charged = 0u64;
+    loop {
+        match session.poll() {
+            Action::NeedInput => {
+                let new = session.commands() - charged;
+                charged = session.commands();
+                if !shared.throttle.commands(client_ip, new, Instant::now()) {
+                    warn!("command rate exceeded");
+                    session.close_with(canned::too_many_commands());
+                    continue;
+                }
+                if !flush(&mut conn, &mut session, limits).await {
+                    break;
+                }
+                if *stop.borrow() && !session.in_message() {
+                    session.close_with(canned::shutting_down());
+                    continue;
+                }
+                let in_message = session.in_message();
+                let read = tokio::select! {
+                    r = timeout(limits.idle_timeout, conn.read(&mut buf)) => r,
+                    _ = stop.changed(), if !in_message => {
+                        session.close_with(canned::shutting_down());
+                        continue;
+                    }
+                };
+                match read {
+                    Err(_) => {
+                        info!(in_message, "idle timeout");
+                        session.close_with(canned::idle_timeout());
+                    }
+                    Ok(Ok(0)) => {
+                        debug!(in_message, "client closed the connection");
+                        session.eof();
+                        break;
+                    }
+                    Ok(Ok(n)) => session.receive(&buf[..n]),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "read failed");
+                        break;
+                    }
+                }
+            }
+            Action::StartTls => {
+                if !flush(&mut conn, &mut session, limits).await {
+                    break;
+                }
+                let (Conn::Plain(plain), Some(acceptor)) =
+                    (mem::replace(&mut conn, Conn::Gone), &shared.acceptor)
+                else {
+                    break;
+                };
+                match timeout(limits.tls_handshake_timeout, acceptor.accept(plain)).await {
+                    Ok(Ok(tls)) => {
+                        let tls_info = tls_info(tls.get_ref().1);
+                        debug!(version = %tls_info.version, cipher = %tls_info.cipher, "STARTTLS");
+                        conn = Conn::Tls(Box::new(tls));
+                        session.tls_established(tls_info);
+                    }
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "STARTTLS handshake failed");
+                        break;
+                    }
+                    Err(_) => {
+                        debug!("STARTTLS handshake timed out");
+                        break;
+                    }
+                }
+            }
+            Action::CheckSender(sender) => {
+                let verdict = shared.backend.sender(session.info(), &sender).await;
+                session.sender_verdict(verdict);
+            }
+            Action::CheckRecipient(mailbox) => {
+                let verdict = shared.backend.recipient(session.info(), &mailbox).await;
+                debug!(recipient = %mailbox, ?verdict, "recipient");
+                session.recipient_verdict(verdict);
+            }
+            Action::Authenticate(credentials) => {
+                let user = credentials.username.clone();
+                let verdict = if !shared
+                    .throttle
+                    .auth_allowed(client_ip, &user, Instant::now())
+                {
+                    AuthVerdict::Throttled
+                } else {
+                    let verdict = shared
+                        .backend
+                        .authenticate(session.info(), &credentials)
+                        .await;
+                    if verdict == AuthVerdict::Invalid {
+                        shared
+                            .throttle
+                            .auth_failed(client_ip, &user, Instant::now());
+                    }
+                    verdict
+                };
+                match &verdict {
+                    AuthVerdict::Ok(account) => info!(account = %account.name, "authenticated"),
+                    other => warn!(%user, outcome = ?other, "authentication refused"),
+                }
+                session.auth_result(verdict);
+            }
+            Action::Deliver(mut delivery) => {
+                let header = received_header(
+                    session.info(),
+                    &delivery,
+                    &shared.config.hostname,
+                    jiff::Timestamp::now(),
+                );
+                delivery.prepend_header(&header);
+                let results = shared.backend.deliver(session.info(), &delivery).await;
+                let stored = results
+                    .iter()
+                    .filter(|r| **r == DeliveryStatus::Stored)
+                    .count();
+                info!(
+                    key = %delivery.key,
+                    sender = %delivery.envelope.sender,
+                    recipients = delivery.envelope.recipients.len(),
+                    stored,
+                    size = delivery.message.len(),
+                    "delivery"
+                );
+                session.delivered(results);
+            }
+            Action::Close => {
+                flush(&mut conn, &mut session, limits).await;
+                let _ = timeout(limits.idle_timeout, conn.shutdown()).await;
+                break;
+            }
+            Action::AwaitingAnswer => {
+                warn!("session waits for an answer the server did not give");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prefixed_stream_yields_the_prefix_first() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut s = Prefixed::new(a, b"hello ".to_vec());
+        b.write_all(b"world").await.unwrap();
+        drop(b);
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
+    #[test]
+    fn configuration_is_checked() {
+        struct Nothing;
+        impl Backend for Nothing {
+            async fn recipient(
+                &self,
+                _: &SessionInfo,
+                _: &crate::parser::Mailbox,
+            ) -> crate::RcptVerdict {
+                crate::RcptVerdict::Unknown
+            }
+            async fn authenticate(
+                &self,
+                _: &SessionInfo,
+                _: &crate::auth::Credentials,
+            ) -> AuthVerdict {
+                AuthVerdict::Invalid
+            }
+            async fn deliver(&self, _: &SessionInfo, _: &crate::Delivery) -> Vec<DeliveryStatus> {
+                Vec::new()
+            }
+        }
+        let backend = Arc::new(Nothing);
+        let smtps = ListenerConfig::new(ListenerKind::Smtps, "mx.example");
+        assert!(Server::new(smtps, Arc::clone(&backend)).is_err());
+        let no_name = ListenerConfig::new(ListenerKind::Smtp, "bad name");
+        assert!(Server::new(no_name, Arc::clone(&backend)).is_err());
+        let mut tiny = ListenerConfig::new(ListenerKind::Smtp, "mx.example");
+        tiny.limits.max_command_line = 100;
+        assert!(Server::new(tiny, Arc::clone(&backend)).is_err());
+        assert!(
+            Server::new(
+                ListenerConfig::new(ListenerKind::Lmtp, "mx.example"),
+                backend
+            )
+            .is_ok()
+        );
+        assert!(!ListenerConfig::new(ListenerKind::Smtp, "x").auth);
+        assert!(ListenerConfig::new(ListenerKind::Submission, "x").auth);
+    }
+}

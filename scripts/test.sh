@@ -14,6 +14,12 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v ip >/dev/null || need_apt+=(iproute2)
 # `tern-agent dev` and the process tests signal agents with the kill program (not the shell's).
 { [ -x /usr/bin/kill ] || [ -x /bin/kill ]; } || need_apt+=(procps)
+# The SMTP tests (agent/tests/smtp_delivery.rs) drive the agents with real clients: swaks
+# (its STARTTLS needs the two Perl modules), curl, and Python's smtplib.
+command -v swaks >/dev/null || need_apt+=(swaks)
+perl -MNet::SSLeay -e 1 2>/dev/null || need_apt+=(libnet-ssleay-perl)
+perl -MIO::Socket::SSL -e 1 2>/dev/null || need_apt+=(libio-socket-ssl-perl)
+command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

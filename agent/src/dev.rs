@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Node `i` (0-based) listens on `base + 20*i + offset`; see [`NodePorts`]. Every node gossips
-//! on its own port with the cluster's one keyring, its seeds the other nodes' gossip addresses.
+//! on its own port with the cluster's one keyring, its seeds the other nodes' gossip addresses,
+//! and serves SMTP, submission (STARTTLS), smtps and LMTP with the certificate `pki/tls.crt`.
 //!
 //! In the foreground it runs until Ctrl-C or SIGTERM, then stops the agents (SIGTERM, SIGKILL
 //! after 10 s). `--detach` exits once the cluster is ready and leaves the agents running, their
@@ -154,9 +155,9 @@ impl Options {
     }
 }
 
-/// The ports of node `i`: `base + 20*i + offset`. Health, RPC, admin and gossip (UDP and TCP)
-/// are served today; the others are reserved so that addresses do not move when their
-/// listeners arrive.
+/// The ports of node `i`: `base + 20*i + offset`. Health, RPC, admin, gossip (UDP and TCP),
+/// smtp, submission, smtps and lmtp are served today; the IMAP ones are reserved so that
+/// addresses do not move when their listeners arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodePorts {
     /// Plain HTTP: `/healthz/*`, `/metrics` (offset 0).
@@ -191,12 +192,16 @@ impl NodePorts {
     }
 
     /// The ports the agent listens on today, by what they serve (gossip: UDP and TCP).
-    pub fn served(&self) -> [(&'static str, u16); 4] {
+    pub fn served(&self) -> [(&'static str, u16); 8] {
         [
             ("health", self.http),
             ("rpc", self.rpc),
             ("admin", self.admin),
             ("gossip", self.gossip),
+            ("smtp", self.smtp),
+            ("submission", self.submission),
+            ("smtps", self.smtps),
+            ("lmtp", self.lmtp),
         ]
     }
 
@@ -282,10 +287,10 @@ pub fn agent_config(o: &Options) -> AgentConfig {
         listeners: BTreeMap::from([
             ("http".to_owned(), listener(true, p.http)),
             ("https".to_owned(), listener(true, p.admin)),
-            ("smtp".to_owned(), listener(false, p.smtp)),
-            ("submission".to_owned(), listener(false, p.submission)),
-            ("smtps".to_owned(), listener(false, p.smtps)),
-            ("lmtp".to_owned(), listener(false, p.lmtp)),
+            ("smtp".to_owned(), listener(true, p.smtp)),
+            ("submission".to_owned(), listener(true, p.submission)),
+            ("smtps".to_owned(), listener(true, p.smtps)),
+            ("lmtp".to_owned(), listener(true, p.lmtp)),
             ("imap".to_owned(), listener(false, p.imap)),
             ("imaps".to_owned(), listener(false, p.imaps)),
         ]),
@@ -328,6 +333,18 @@ pub struct NodeEndpoints {
     /// `127.0.0.1:PORT`: gossip (UDP and TCP); `/cluster/members` on `http` shows its view.
     #[serde(default)]
     pub gossip: String,
+    /// `127.0.0.1:PORT`: inbound SMTP (STARTTLS offered).
+    #[serde(default)]
+    pub smtp: String,
+    /// `127.0.0.1:PORT`: submission, STARTTLS then AUTH.
+    #[serde(default)]
+    pub submission: String,
+    /// `127.0.0.1:PORT`: submission over implicit TLS.
+    #[serde(default)]
+    pub smtps: String,
+    /// `127.0.0.1:PORT`: LMTP.
+    #[serde(default)]
+    pub lmtp: String,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -354,6 +371,30 @@ pub struct DemoAccount {
 pub const DEMO_DOMAIN: &str = "example.test";
 pub const DEMO_ADDRESS: &str = "demo@example.test";
 
+/// How long the demo data may take: the first writes can meet a shard still electing.
+const DEMO_DATA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `create` until it succeeds, reports "exists" (409: done, by an earlier attempt or an
+/// earlier run), or fails other than temporarily (503 while a shard elects its leader, 429,
+/// no connection), or [`DEMO_DATA_TIMEOUT`] has passed.
+async fn create_retrying<F, Fut>(what: &str, mut create: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::admin::ClientError>>,
+{
+    let deadline = Instant::now() + DEMO_DATA_TIMEOUT;
+    loop {
+        match create().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.status() == Some(409) => return Ok(()),
+            Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("creating {what}: {e}")),
+        }
+    }
+}
+
 /// Creates the demo domain and account through the first node's admin API (a cluster that
 /// was started before keeps them, and the account keeps its password, from `demo-password`).
 async fn demo_data(
@@ -370,17 +411,14 @@ async fn demo_data(
         Some(&ca),
     )
     .map_err(|e| e.to_string())?;
-    let exists = |e: &crate::admin::ClientError| e.status() == Some(409);
-    match client.create_domain(DEMO_DOMAIN).await {
-        Ok(()) => {}
-        Err(e) if exists(&e) => {}
-        Err(e) => return Err(format!("creating the demo domain {DEMO_DOMAIN}: {e}")),
-    }
-    match client.create_account(DEMO_ADDRESS, &password, None).await {
-        Ok(()) => {}
-        Err(e) if exists(&e) => {}
-        Err(e) => return Err(format!("creating the demo account {DEMO_ADDRESS}: {e}")),
-    }
+    create_retrying(&format!("the demo domain {DEMO_DOMAIN}"), || {
+        client.create_domain(DEMO_DOMAIN)
+    })
+    .await?;
+    create_retrying(&format!("the demo account {DEMO_ADDRESS}"), || {
+        client.create_account(DEMO_ADDRESS, &password, None)
+    })
+    .await?;
     Ok(DemoAccount {
         address: DEMO_ADDRESS.to_owned(),
         password,
@@ -711,6 +749,13 @@ fn spawn(
         .env("TERN_GOSSIP_ADDR", ports.gossip_addr())
         .env("TERN_GOSSIP_SEEDS", seeds)
         .env("TERN_GOSSIP_KEY_FILE", layout.gossip_keyring())
+        .env("TERN_SMTP_ADDR", format!("127.0.0.1:{}", ports.smtp))
+        .env(
+            "TERN_SUBMISSION_ADDR",
+            format!("127.0.0.1:{}", ports.submission),
+        )
+        .env("TERN_SMTPS_ADDR", format!("127.0.0.1:{}", ports.smtps))
+        .env("TERN_LMTP_ADDR", format!("127.0.0.1:{}", ports.lmtp))
         .env("RUST_LOG", rust_log)
         // The log is a file: no terminal colour codes in it.
         .env("NO_COLOR", "1")
@@ -792,6 +837,10 @@ async fn run(o: Options) -> Result<(), String> {
                     rpc: format!("127.0.0.1:{}", p.rpc),
                     admin: format!("https://127.0.0.1:{}", p.admin),
                     gossip: p.gossip_addr(),
+                    smtp: format!("127.0.0.1:{}", p.smtp),
+                    submission: format!("127.0.0.1:{}", p.submission),
+                    smtps: format!("127.0.0.1:{}", p.smtps),
+                    lmtp: format!("127.0.0.1:{}", p.lmtp),
                     pid: pids[i as usize],
                     log: layout.log(i),
                 }
@@ -1079,6 +1128,17 @@ fn print_summary(
         );
     }
     println!();
+    println!(
+        "{:<15} {:<16} {:<16} {:<16} LMTP",
+        "NODE", "SMTP", "SUBMISSION", "SMTPS"
+    );
+    for n in &endpoints.nodes {
+        println!(
+            "{:<15} {:<16} {:<16} {:<16} {}",
+            n.name, n.smtp, n.submission, n.smtps, n.lmtp
+        );
+    }
+    println!();
     for s in &assignment.shards {
         println!("shard {}: voters {:?}", s.id, s.voters);
     }
@@ -1250,6 +1310,52 @@ mod tests {
                 17040, 17041, 17042, 17043, 17044, 17045, 17046, 17047, 17048
             )
         );
+        assert_eq!(p.smtps, 17049);
+        let served: Vec<u16> = p.served().iter().map(|(_, port)| *port).collect();
+        assert_eq!(
+            served,
+            [17040, 17041, 17042, 17048, 17043, 17044, 17049, 17045]
+        );
+    }
+
+    #[tokio::test]
+    async fn demo_data_waits_out_temporary_refusals_and_takes_exists_as_done() {
+        let refused = |status: u16| crate::admin::ClientError::Refused {
+            status,
+            reason: "x".into(),
+            message: "x".into(),
+            retry_after: None,
+        };
+        let calls = std::cell::Cell::new(0);
+        let result = create_retrying("it", || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 3 { Err(refused(503)) } else { Ok(()) } }
+        })
+        .await;
+        assert_eq!((result, calls.get()), (Ok(()), 3));
+        calls.set(0);
+        let result = create_retrying("it", || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 2 {
+                    Err(refused(503))
+                } else {
+                    Err(refused(409))
+                }
+            }
+        })
+        .await;
+        assert_eq!((result, calls.get()), (Ok(()), 2));
+        calls.set(0);
+        let result = create_retrying("the demo domain", || {
+            calls.set(calls.get() + 1);
+            async { Err(refused(400)) }
+        })
+        .await;
+        assert!(result.unwrap_err().starts_with("creating the demo domain"));
+        assert_eq!(calls.get(), 1);
     }
 
     #[test]
@@ -1311,7 +1417,22 @@ mod tests {
                 port: 17002
             }
         );
-        assert!(!c.listeners["smtp"].enabled);
+        for (name, port) in [
+            ("smtp", 17003),
+            ("submission", 17004),
+            ("lmtp", 17005),
+            ("smtps", 17009),
+        ] {
+            assert_eq!(
+                c.listeners[name],
+                ListenerConfig {
+                    enabled: true,
+                    port
+                },
+                "{name}"
+            );
+        }
+        assert!(!c.listeners["imap"].enabled);
         assert_eq!(c.listeners.len(), 8);
         // What `tern-agent run` reads.
         let text = serde_json::to_string(&c).unwrap();
@@ -1353,6 +1474,10 @@ mod tests {
                 rpc: "127.0.0.1:17001".into(),
                 admin: "https://127.0.0.1:17002".into(),
                 gossip: "127.0.0.1:17008".into(),
+                smtp: "127.0.0.1:17003".into(),
+                submission: "127.0.0.1:17004".into(),
+                smtps: "127.0.0.1:17009".into(),
+                lmtp: "127.0.0.1:17005".into(),
                 pid: 42,
                 log: "/d/dev-default-0/agent.log".into(),
             }],
@@ -1371,11 +1496,18 @@ mod tests {
         assert_eq!(v["admin"]["caFile"], "/d/pki/ca.crt");
         assert_eq!(v["nodes"][0]["http"], "127.0.0.1:17000");
         assert_eq!(v["nodes"][0]["gossip"], "127.0.0.1:17008");
-        // An endpoints file from before gossip still reads.
+        assert_eq!(v["nodes"][0]["smtp"], "127.0.0.1:17003");
+        assert_eq!(v["nodes"][0]["submission"], "127.0.0.1:17004");
+        assert_eq!(v["nodes"][0]["smtps"], "127.0.0.1:17009");
+        assert_eq!(v["nodes"][0]["lmtp"], "127.0.0.1:17005");
+        // An endpoints file from before gossip and the mail listeners still reads.
         let mut old = v.clone();
-        old["nodes"][0].as_object_mut().unwrap().remove("gossip");
+        for field in ["gossip", "smtp", "submission", "smtps", "lmtp"] {
+            old["nodes"][0].as_object_mut().unwrap().remove(field);
+        }
         let back: Endpoints = serde_json::from_value(old).unwrap();
         assert_eq!(back.nodes[0].gossip, "");
+        assert_eq!(back.nodes[0].smtp, "");
         assert_eq!(
             v["accounts"],
             serde_json::json!([{"address": DEMO_ADDRESS, "password": "pw"}])

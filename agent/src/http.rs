@@ -187,6 +187,8 @@ pub struct View {
     pub host: Arc<OnceLock<Arc<ShardHost>>>,
     /// Membership: served at `/cluster/members`, in `/metrics`, and required by readiness.
     pub gossip: Gossip,
+    /// What the SMTP, submission and LMTP listeners counted (`tern_smtp_*`).
+    pub smtp: Arc<crate::smtp::SmtpStats>,
 }
 
 impl View {
@@ -277,6 +279,7 @@ impl View {
         if let Some(host) = self.host.get() {
             shard_metrics(&mut out, host);
         }
+        self.smtp.render(&mut out);
         out
     }
 }

@@ -19,3 +19,4 @@ pub mod report;
 pub mod rpc;
 pub mod serve;
 pub mod shards;
+pub mod smtp;

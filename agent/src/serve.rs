@@ -13,7 +13,11 @@
 //! | `TERN_PEERS_FILE` | JSON `{pod name: "host:port"}` of every node's RPC server; without it `<pod>.<headlessService>.<namespace>.svc:<rpcPort>` |
 //! | `TERN_ADMIN_ADDR` | where the admin API listens (HTTPS); default `127.0.0.1:7948`, inside the pod only (`kubectl port-forward`); `none` turns it off |
 //! | `TERN_ADMIN_PASSWORD_FILE` | the recovery administrator's password |
-//! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM) |
+//! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM): the admin API, STARTTLS on smtp, submission and lmtp, and smtps |
+//! | `TERN_LISTENERS` | the protocols this node's pool serves, comma-separated (set by the operator); unset: every listener the configuration enables |
+//! | `TERN_SMTP_ADDR`, `TERN_SUBMISSION_ADDR`, `TERN_SMTPS_ADDR`, `TERN_LMTP_ADDR` | where the mail listeners listen (default `0.0.0.0:<listeners.NAME.port>`); `none` turns one off. They run on storage nodes only |
+//! | `TERN_PROXY_PROTOCOL` | `true` or `false`: a PROXY header on every connection to this node's smtp, submission and smtps listeners (default: the configuration's `proxyProtocol`) |
+//! | `TERN_HOSTNAME` | the name in SMTP greetings and `Received:` fields (default `POD_NAME`) |
 //! | `TERN_TIMEOUT_MS` | the longest a read or write waits for its shard (default 5000) |
 //! | `TERN_SNAPSHOT_LOGS` | a shard snapshots every this many log entries (default 20000) |
 //! | `TERN_GOSSIP_KEY_FILE` | the gossip keyring (required): the keyring text format, a raw 32-byte key, or one base64 key; read again every 5 s |
@@ -40,6 +44,7 @@ use crate::node::Node;
 use crate::report;
 use crate::rpc::{Network, TlsConfig, serve_service};
 use crate::shards::{HostOptions, Peers, ShardHost, raft_config_with_snapshots};
+use crate::smtp::{BackendOptions, Listeners, MailBackend, SmtpStats};
 
 /// Where the admin API listens when `TERN_ADMIN_ADDR` is not set: 127.0.0.1 only, next to
 /// the gossip (7946) and RPC (7947) ports.
@@ -78,6 +83,7 @@ pub async fn run(node: Node) -> Result<(), String> {
         })
     };
     let gossip = gossip::start(gossip_options, followed.clone(), shard_source).await?;
+    let smtp_stats: Arc<SmtpStats> = Arc::default();
     let view = View {
         node: node.name.clone(),
         pool: node.pool.clone(),
@@ -85,6 +91,7 @@ pub async fn run(node: Node) -> Result<(), String> {
         stores,
         host: host_cell.clone(),
         gossip: gossip.clone(),
+        smtp: smtp_stats.clone(),
     };
     let addr = http::spawn(node.health_addr, view)
         .await
@@ -103,14 +110,15 @@ pub async fn run(node: Node) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let started = async {
         if stores {
-            start_store(&node, &followed, &host_cell).await
+            start_store(&node, &followed, &host_cell, &smtp_stats, &gossip).await
         } else {
             std::future::pending().await
         }
     };
+    let mut mail_listeners: Option<Listeners> = None;
     tokio::select! {
         result = started => {
-            result?;
+            mail_listeners = result?;
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -120,6 +128,10 @@ pub async fn run(node: Node) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+    // Mail first: messages being received may still be stored while the shards run.
+    if let Some(listeners) = mail_listeners {
+        listeners.shutdown().await;
+    }
     if let Some(reporter) = reporter {
         reporter.shutdown().await;
     }
@@ -184,12 +196,14 @@ fn rpc_addr(node: &Node) -> Result<SocketAddr, String> {
 }
 
 /// Opens the store, waits until the assignment names this node, then runs its shards, the
-/// RPC server and the admin API. Returns once they run.
+/// RPC server, the admin API and the mail listeners. Returns once they run.
 async fn start_store(
     node: &Node,
     followed: &Shared,
     host_cell: &OnceLock<Arc<ShardHost>>,
-) -> Result<(), String> {
+    smtp_stats: &Arc<SmtpStats>,
+    gossip: &gossip::Gossip,
+) -> Result<Option<Listeners>, String> {
     let dir = PathBuf::from(need("TERN_DATA_DIR")?);
     let kind = match var("TERN_STORE_ENGINE").as_deref() {
         None | Some("redb") => EngineKind::Redb,
@@ -271,6 +285,11 @@ async fn start_store(
         storage,
         Network::new(tls.client.clone(), 0),
     );
+    // Forwarded writes and queries try the nodes gossip holds alive first.
+    host.set_liveness({
+        let gossip = gossip.clone();
+        Arc::new(move |id| gossip.is_live(id))
+    });
     let listener = TcpListener::bind(rpc_addr)
         .await
         .map_err(|e| format!("RPC listener {rpc_addr}: {e}"))?;
@@ -314,5 +333,45 @@ async fn start_store(
         .map_err(|e| format!("admin API: {e}"))?;
         tracing::info!(%bound, "serving the admin API");
     }
-    Ok(())
+    start_mail(node, &host, timeout, smtp_stats).await
+}
+
+/// Starts the SMTP, submission, smtps and LMTP listeners this node runs (see
+/// [`crate::smtp::listeners`]), storing through `host`; `None` when it runs none.
+async fn start_mail(
+    node: &Node,
+    host: &Arc<ShardHost>,
+    shard_timeout: Duration,
+    stats: &Arc<SmtpStats>,
+) -> Result<Option<Listeners>, String> {
+    let plans = crate::smtp::listeners::plan(&node.config, var)?;
+    if plans.is_empty() {
+        tracing::info!("no mail listeners on this node");
+        return Ok(None);
+    }
+    let tls = match (var("TERN_TLS_CERT_FILE"), var("TERN_TLS_KEY_FILE")) {
+        (Some(_), Some(_)) => Some(
+            crate::smtp::listeners::tls_config(
+                &read("TERN_TLS_CERT_FILE")?,
+                &read("TERN_TLS_KEY_FILE")?,
+            )
+            .map_err(|e| format!("the mail listeners' TLS: {e}"))?,
+        ),
+        _ => {
+            tracing::warn!(
+                "no TERN_TLS_CERT_FILE and TERN_TLS_KEY_FILE: mail listeners without STARTTLS, \
+                 so without AUTH"
+            );
+            None
+        }
+    };
+    let hostname = var("TERN_HOSTNAME").unwrap_or_else(|| node.name.clone());
+    let backend = Arc::new(MailBackend::new(
+        host.clone(),
+        BackendOptions::for_shard_timeout(shard_timeout, node.config.domains.first().cloned()),
+        stats.clone(),
+    ));
+    Listeners::start(&plans, &hostname, tls, backend, stats)
+        .await
+        .map(Some)
 }

@@ -10,6 +10,8 @@ pub mod assignment;
 pub mod cluster_role;
 pub mod common;
 pub mod condition;
+#[cfg(feature = "fake-api")]
+pub mod fake_api;
 #[cfg(feature = "lease")]
 pub mod lease;
 pub mod mail_cluster;

@@ -81,6 +81,10 @@ pub enum RcptVerdict {
     Unknown,
     /// The directory cannot answer now: `451 4.3.0`.
     TempFail,
+    /// Refused with the backend's own reply, for a refusal the other verdicts cannot say
+    /// (e.g. a recipient the server will not deliver to for a reason of its own). A 4xx or
+    /// 5xx reply; anything else becomes `550 5.0.0`.
+    Refuse(Reply),
 }
 
 /// The backend's answer about an envelope sender.

@@ -100,10 +100,11 @@ pub fn drive<'a>(
                     1 => SenderVerdict::TempFail,
                     _ => SenderVerdict::Accept,
                 }),
-                Action::CheckRecipient(_) => session.recipient_verdict(match answers.next(5) {
+                Action::CheckRecipient(_) => session.recipient_verdict(match answers.next(6) {
                     0 => RcptVerdict::Relay,
                     1 => RcptVerdict::Unknown,
                     2 => RcptVerdict::TempFail,
+                    3 => RcptVerdict::Refuse(crate::reply::Reply::plain(250, "not a refusal")),
                     _ => RcptVerdict::Local,
                 }),
                 Action::Authenticate(c) => session.auth_result(match answers.next(4) {

@@ -36,6 +36,6 @@ pub use backend::{Account, AuthVerdict, Backend, DeliveryStatus, RcptVerdict, Se
 pub use envelope::{Delivery, DeliveryKey, Envelope, Recipient, SessionId};
 pub use limits::Limits;
 pub use reply::{Reply, Status};
-pub use server::{ListenerConfig, ListenerKind, Server, ServerError};
+pub use server::{ListenerConfig, ListenerKind, Server, ServerError, ServerStats};
 pub use session::{Action, Protocol, Session, SessionConfig, SessionInfo, TlsInfo};
 pub use throttle::Throttle;

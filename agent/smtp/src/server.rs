@@ -17,6 +17,7 @@ use std::mem;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -110,11 +111,29 @@ pub enum ServerError {
     Config(&'static str),
 }
 
+/// What a listener counted, for metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections that became sessions (after the PROXY header, the connection limits and,
+    /// on an implicit-TLS listener, the handshake).
+    pub sessions: AtomicU64,
+    /// Connections closed before a session began: a full listener, too many connections
+    /// from one address, no valid PROXY header, a failed implicit-TLS handshake.
+    pub refused: AtomicU64,
+}
+
+impl ServerStats {
+    fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 struct Shared<B> {
     config: ListenerConfig,
     backend: Arc<B>,
     throttle: Arc<Throttle>,
     acceptor: Option<TlsAcceptor>,
+    stats: Arc<ServerStats>,
 }
 
 /// One listener's server.
@@ -168,8 +187,14 @@ impl<B: Backend> Server<B> {
                 backend,
                 throttle,
                 acceptor,
+                stats: Arc::default(),
             }),
         })
+    }
+
+    /// What this listener counts (sessions, refused connections); read it for metrics.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.shared.stats)
     }
 
     /// Accepts connections on `listener` until `shutdown` completes, then shuts down
@@ -194,6 +219,7 @@ impl<B: Backend> Server<B> {
                     Ok((tcp, peer)) => {
                         if sessions.len() >= max_connections {
                             debug!(%peer, "listener full");
+                            self.shared.stats.refused();
                             if kind != ListenerKind::Smtps {
                                 // Best effort, without waiting on a client that does not read.
                                 let _ = tcp.try_write(&canned::too_many_connections().to_bytes());
@@ -391,10 +417,12 @@ async fn run_connection<B: Backend>(
             Ok(Ok((header, leftover))) => (header.source.unwrap_or(peer), leftover),
             Ok(Err(e)) => {
                 warn!(error = %e, "connection refused: no valid PROXY header");
+                shared.stats.refused();
                 return;
             }
             Err(_) => {
                 warn!("connection refused: no PROXY header in time");
+                shared.stats.refused();
                 return;
             }
         }
@@ -405,6 +433,7 @@ async fn run_connection<B: Backend>(
     let plain = Prefixed::new(tcp, leftover);
     let Some(_slot) = shared.throttle.connect(client.ip()) else {
         warn!("too many connections from this address");
+        shared.stats.refused();
         if config.kind != ListenerKind::Smtps {
             let mut plain = plain;
             let _ = timeout(
@@ -425,10 +454,12 @@ async fn run_connection<B: Backend>(
                 }
                 Ok(Err(e)) => {
                     debug!(error = %e, "TLS handshake failed");
+                    shared.stats.refused();
                     return;
                 }
                 Err(_) => {
                     debug!("TLS handshake timed out");
+                    shared.stats.refused();
                     return;
                 }
             }
@@ -436,6 +467,7 @@ async fn run_connection<B: Backend>(
         _ => Conn::Plain(plain),
     };
     debug!("session started");
+    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
     let session_config = SessionConfig {
         hostname: config.hostname.clone(),
         starttls: shared.acceptor.is_some() && config.kind != ListenerKind::Smtps,

@@ -680,6 +680,19 @@ impl Session {
                 let text = format!("<{}>: Temporary failure looking up recipient", rcpt.mailbox);
                 self.reply(Reply::new(451, Status(4, 3, 0), text));
             }
+            RcptVerdict::Refuse(reply) => {
+                let fallback = Reply::new(
+                    550,
+                    Status(5, 0, 0),
+                    format!("<{}>: Recipient refused", rcpt.mailbox),
+                );
+                let reply = reply.within(400..600, fallback);
+                if reply.is_transient() {
+                    self.reply(reply);
+                } else {
+                    self.fail(reply);
+                }
+            }
         }
     }
 

@@ -141,6 +141,7 @@ fn tls() -> Tls {
 
 struct Running {
     addr: SocketAddr,
+    stats: Arc<tern_smtp::ServerStats>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<()>,
 }
@@ -159,12 +160,14 @@ async fn start(config: ListenerConfig, backend: Arc<Memory>) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::new(config, backend).unwrap();
+    let stats = server.stats();
     let (tx, rx) = oneshot::channel();
     let handle = tokio::spawn(server.serve(listener, async {
         let _ = rx.await;
     }));
     Running {
         addr,
+        stats,
         stop: Some(tx),
         handle,
     }
@@ -449,6 +452,10 @@ async fn proxy_header_sets_the_client_address_but_never_permits_relaying() {
         c.closed().await,
         "a connection without a PROXY header is closed"
     );
+    // Two sessions, one connection refused before any.
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::SeqCst);
+    assert_eq!(count(&server.stats.sessions), 2);
+    assert_eq!(count(&server.stats.refused), 1);
     server.stop().await;
 }
 

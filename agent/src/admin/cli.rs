@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use super::client::{AdminClient, ClientError};
 use super::server::PASSWORD_FILE_VAR;
-use super::{ADMIN_USER, AccountInfo, DomainInfo, NodeState, check_password, read_password_file};
+use super::{
+    ADMIN_USER, AccountInfo, DomainInfo, MAX_MESSAGES, MessageInfo, NodeState, check_password,
+    read_password_file,
+};
 
 /// The admin API's URL, e.g. `https://127.0.0.1:8443`.
 pub const URL_VAR: &str = "TERN_ADMIN_URL";
@@ -30,6 +33,8 @@ commands:
   account rm ADDRESS
   account passwd ADDRESS [--password-file FILE]
                           the new password from FILE, else from standard input
+  messages ADDRESS [--mailbox NAME] [--after UID] [--limit N]
+                          the messages of a mailbox (default INBOX), by UID
   status                  this node's shards and their Raft state
 
 options:
@@ -81,6 +86,13 @@ pub enum Command {
         address: String,
         /// The new password; `None`: standard input.
         password_file: Option<PathBuf>,
+    },
+    Messages {
+        address: String,
+        mailbox: String,
+        after_uid: u32,
+        /// `None`: every message, page by page.
+        limit: Option<u32>,
     },
     Status,
 }
@@ -136,6 +148,9 @@ pub fn parse(args: &[&str], env: impl Fn(&str) -> Option<String>) -> Result<Pars
     let mut words = Vec::new();
     let mut quota_bytes = None;
     let mut password_file = None;
+    let mut mailbox = None;
+    let mut after_uid = None;
+    let mut limit = None;
 
     let mut args = args.iter().copied();
     while let Some(arg) = args.next() {
@@ -176,6 +191,25 @@ pub fn parse(args: &[&str], env: impl Fn(&str) -> Option<String>) -> Result<Pars
                         .map_err(|_| format!("--quota {v:?}: expected a number of bytes"))?,
                 );
             }
+            "--mailbox" => mailbox = Some(value("a mailbox name")?),
+            "--after" => {
+                let v = value("a UID")?;
+                after_uid = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("--after {v:?}: expected a UID"))?,
+                );
+            }
+            "--limit" => {
+                let v = value("a number")?;
+                limit = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_MESSAGES).contains(n))
+                        .ok_or_else(|| {
+                            format!("--limit {v:?}: expected a number from 1 to {MAX_MESSAGES}")
+                        })?,
+                );
+            }
             "-o" | "--output" => {
                 output = match value("a format")?.as_str() {
                     "json" => Output::Json,
@@ -213,12 +247,21 @@ pub fn parse(args: &[&str], env: impl Fn(&str) -> Option<String>) -> Result<Pars
             address: (*address).into(),
             password_file: password_file.take(),
         },
+        ["messages", address] => Command::Messages {
+            address: (*address).into(),
+            mailbox: mailbox.take().unwrap_or_else(|| "INBOX".into()),
+            after_uid: after_uid.take().unwrap_or(0),
+            limit: limit.take(),
+        },
         ["status"] => Command::Status,
         [] => return Err("no command".into()),
         other => return Err(format!("unknown command {:?}", other.join(" "))),
     };
     if quota_bytes.is_some() {
         return Err("--quota belongs to `account add`".into());
+    }
+    if mailbox.is_some() || after_uid.is_some() || limit.is_some() {
+        return Err("--mailbox, --after and --limit belong to `messages`".into());
     }
     if password_file.is_some() {
         return Err(
@@ -399,6 +442,30 @@ async fn execute(
             client.set_password(address, password()).await?;
             format!("password of {address} changed\n")
         }
+        Command::Messages {
+            address,
+            mailbox,
+            after_uid,
+            limit,
+        } => {
+            let messages = match limit {
+                Some(limit) => {
+                    client
+                        .list_messages(address, mailbox, *after_uid, *limit)
+                        .await?
+                }
+                None if *after_uid == 0 => client.all_messages(address, mailbox).await?,
+                None => {
+                    client
+                        .list_messages(address, mailbox, *after_uid, MAX_MESSAGES)
+                        .await?
+                }
+            };
+            match output {
+                Output::Json => json(&messages),
+                Output::Table => messages_table(&messages),
+            }
+        }
         Command::Status => {
             let node = client.node_state().await?;
             match output {
@@ -482,6 +549,34 @@ fn accounts_table(accounts: &[AccountInfo]) -> String {
         })
         .collect();
     table(&["ADDRESS", "QUOTA", "USED", "ALIASES"], &rows)
+}
+
+fn messages_table(messages: &[MessageInfo]) -> String {
+    let rows: Vec<Vec<String>> = messages
+        .iter()
+        .map(|m| {
+            let date = jiff::Timestamp::from_millisecond(m.internal_date).map_or_else(
+                |_| m.internal_date.to_string(),
+                |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            );
+            let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            vec![
+                m.uid.to_string(),
+                date,
+                m.size.to_string(),
+                text(&m.message_id),
+                text(&m.from),
+                text(&m.subject),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no messages\n".into();
+    }
+    table(
+        &["UID", "RECEIVED", "SIZE", "MESSAGE-ID", "FROM", "SUBJECT"],
+        &rows,
+    )
 }
 
 fn node_table(node: &NodeState) -> String {
@@ -609,6 +704,32 @@ mod tests {
                 },
             ),
             (vec!["status"], Command::Status),
+            (
+                vec!["messages", "a@example.org"],
+                Command::Messages {
+                    address: "a@example.org".into(),
+                    mailbox: "INBOX".into(),
+                    after_uid: 0,
+                    limit: None,
+                },
+            ),
+            (
+                vec![
+                    "messages",
+                    "a@example.org",
+                    "--mailbox",
+                    "Sent",
+                    "--after=7",
+                    "--limit",
+                    "20",
+                ],
+                Command::Messages {
+                    address: "a@example.org".into(),
+                    mailbox: "Sent".into(),
+                    after_uid: 7,
+                    limit: Some(20),
+                },
+            ),
         ];
         for (args, want) in cases {
             let inv = run_of(&with_globals(&args), &[]).unwrap();
@@ -701,6 +822,21 @@ mod tests {
             (&["--url"], "--url needs a URL"),
             (&["--frobnicate", "status"], "unknown option"),
             (&["domain", "explode"], "unknown command"),
+            (
+                &[
+                    "--url",
+                    "u",
+                    "--insecure",
+                    "--password-file",
+                    "p",
+                    "status",
+                    "--limit",
+                    "5",
+                ],
+                "belong to `messages`",
+            ),
+            (&["messages", "a@b", "--limit", "0"], "1 to 1000"),
+            (&["messages", "a@b", "--after", "x"], "expected a UID"),
             (&[], "no command"),
             (
                 &[
@@ -810,6 +946,25 @@ SHARD  ROLE       TERM  LEADER  LAST-LOG  COMMITTED  APPLIED  VOTERS  LEARNERS
             out,
             "NAME         CREATED\nexample.org  2023-11-14T22:13:20Z\n"
         );
+    }
+
+    #[test]
+    fn message_table_shows_ids_and_dashes_for_missing_fields() {
+        let out = messages_table(&[MessageInfo {
+            uid: 3,
+            size: 512,
+            internal_date: 1_700_000_000_123,
+            flags: vec![],
+            message_id: Some("<m1@example.test>".into()),
+            from: None,
+            subject: Some("hello".into()),
+        }]);
+        assert_eq!(
+            out,
+            "UID  RECEIVED              SIZE  MESSAGE-ID         FROM  SUBJECT\n\
+             3    2023-11-14T22:13:20Z  512   <m1@example.test>  -     hello\n"
+        );
+        assert_eq!(messages_table(&[]), "no messages\n");
     }
 
     #[test]

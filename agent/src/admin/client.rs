@@ -26,7 +26,9 @@ use serde::de::DeserializeOwned;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use super::{AccountInfo, DomainInfo, ErrorBody, NewAccount, NewDomain, NewPassword, NodeState};
+use super::{
+    AccountInfo, DomainInfo, ErrorBody, MessageInfo, NewAccount, NewDomain, NewPassword, NodeState,
+};
 
 /// Largest answer read (a domain with many accounts is the big one).
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
@@ -288,6 +290,44 @@ impl AdminClient {
             password: password.into(),
         };
         self.call(Method::PUT, &path, Some(&body)).await.map(drop)
+    }
+
+    /// The messages of `address`'s `mailbox` with UIDs above `after_uid`, at most `limit`
+    /// (1 to [`MAX_MESSAGES`](super::MAX_MESSAGES)), by UID.
+    pub async fn list_messages(
+        &self,
+        address: &str,
+        mailbox: &str,
+        after_uid: u32,
+        limit: u32,
+    ) -> Result<Vec<MessageInfo>, ClientError> {
+        let path = format!(
+            "/admin/v1/accounts/{}/messages?mailbox={}&after={after_uid}&limit={limit}",
+            encode_segment(address),
+            encode_segment(mailbox)
+        );
+        let response = self.call(Method::GET, &path, None::<&()>).await?;
+        decode(&response)
+    }
+
+    /// Every message of `address`'s `mailbox`, page by page.
+    pub async fn all_messages(
+        &self,
+        address: &str,
+        mailbox: &str,
+    ) -> Result<Vec<MessageInfo>, ClientError> {
+        let mut all: Vec<MessageInfo> = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |m| m.uid);
+            let page = self
+                .list_messages(address, mailbox, after, super::MAX_MESSAGES)
+                .await?;
+            let full = page.len() >= super::MAX_MESSAGES as usize;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
     }
 
     pub async fn node_state(&self) -> Result<NodeState, ClientError> {

@@ -62,7 +62,26 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// (leader/follower/learner/candidate/shutdown), term, leader id, last log index,
     /// committed, applied, voters, learners.
     fn node_state(&self) -> impl Future<Output = Result<NodeState, AdminError>> + Send;
+    /// The messages of `address`'s `mailbox` by UID, after `after_uid`, at most `limit`
+    /// (1..=[`MAX_MESSAGES`]). A backend that stores no mail has none to list.
+    fn list_messages(
+        &self,
+        address: String,
+        mailbox: String,
+        after_uid: u32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<MessageInfo>, AdminError>> + Send {
+        let _ = (mailbox, after_uid, limit);
+        async move {
+            Err(AdminError::NotFound(format!(
+                "no mailbox of {address} here: this backend stores no mail"
+            )))
+        }
+    }
 }
+
+/// The most messages one `GET /admin/v1/accounts/{address}/messages` returns.
+pub const MAX_MESSAGES: u32 = 1000;
 
 /// Why the admin API refused a request; each kind has its HTTP status and a stable `reason`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +142,25 @@ pub struct AccountInfo {
     pub quota_bytes: Option<u64>,
     pub used_bytes: u64,
     pub aliases: Vec<String>,
+}
+
+/// A message in a mailbox, summarised from its header (values lossily decoded, unfolded, at
+/// most 200 characters; `null` when the message has no such field).
+///
+/// Also the answer of a shard query, postcard-encoded: no field may be skipped when empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageInfo {
+    pub uid: u32,
+    /// Bytes, as stored (with the `Received:` field Tern added).
+    pub size: u64,
+    /// When the message arrived, Unix milliseconds.
+    pub internal_date: i64,
+    /// IMAP spelling: `\Seen`, keywords.
+    pub flags: Vec<String>,
+    pub message_id: Option<String>,
+    pub from: Option<String>,
+    pub subject: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,8 @@
 //! DELETE /admin/v1/accounts/{address}           → 204
 //! PUT    /admin/v1/accounts/{address}/password {"password"} → 204
 //! GET    /admin/v1/node                         → 200 NodeState
+//! GET    /admin/v1/accounts/{address}/messages?mailbox=INBOX&after=0&limit=100
+//!                                               → 200 [MessageInfo]
 //! ```
 //!
 //! Errors answer `{"error": "…", "reason": "…"}`; `reason` is the [`AdminError`] kind or one of
@@ -47,8 +49,8 @@ use warp::reply::{Reply, Response};
 
 use super::auth::{Credential, FailureLimiter};
 use super::{
-    ADMIN_USER, AdminBackend, AdminError, ErrorBody, NewAccount, NewDomain, NewPassword,
-    check_password, normalize_address, normalize_domain,
+    ADMIN_USER, AdminBackend, AdminError, ErrorBody, MAX_MESSAGES, NewAccount, NewDomain,
+    NewPassword, check_password, normalize_address, normalize_domain,
 };
 
 /// The environment variable naming the admin password file (mounted from the Secret that
@@ -416,6 +418,49 @@ fn segment(raw: &str) -> Result<String, AdminError> {
     String::from_utf8(out).map_err(|_| invalid())
 }
 
+/// The query string of `GET /admin/v1/accounts/{address}/messages`.
+#[derive(Debug, Default)]
+struct MessagesQuery {
+    /// Default `INBOX`.
+    mailbox: Option<String>,
+    /// List UIDs above this one (default 0: from the first).
+    after: Option<u32>,
+    /// Default 100, at most [`MAX_MESSAGES`].
+    limit: Option<u32>,
+}
+
+impl MessagesQuery {
+    /// Parses the raw query string (percent-decoded; `+` is a space).
+    fn parse(raw: &str) -> Result<Self, AdminError> {
+        let mut q = MessagesQuery::default();
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = segment(&value.replace('+', " "))?;
+            let number = |what: &str| {
+                value.parse::<u32>().map_err(|_| {
+                    AdminError::Invalid(format!("{what}={value:?}: expected a number"))
+                })
+            };
+            match key {
+                "mailbox" => q.mailbox = Some(value.clone()),
+                "after" => q.after = Some(number("after")?),
+                "limit" => q.limit = Some(number("limit")?),
+                other => {
+                    return Err(AdminError::Invalid(format!(
+                        "unknown query parameter {other:?} (mailbox, after, limit)"
+                    )));
+                }
+            }
+        }
+        if q.limit == Some(0) || q.limit.is_some_and(|l| l > MAX_MESSAGES) {
+            return Err(AdminError::Invalid(format!(
+                "limit must be 1 to {MAX_MESSAGES}"
+            )));
+        }
+        Ok(q)
+    }
+}
+
 fn routes<B: AdminBackend>(backend: Arc<B>, gate: Arc<Gate>) -> Routes {
     let authenticated = warp::ext::get::<ClientIp>()
         .and(warp::header::headers_cloned())
@@ -506,6 +551,24 @@ fn routes<B: AdminBackend>(backend: Arc<B>, gate: Arc<Gate>) -> Routes {
             };
             no_content(result.await)
         });
+    let list_messages = warp::path!("admin" / "v1" / "accounts" / String / "messages")
+        .and(warp::get())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(backend.clone())
+        .then(|address: String, raw: String, b: Arc<B>| async move {
+            let result = async {
+                let address = normalize_address(&segment(&address)?)?;
+                let q = MessagesQuery::parse(&raw)?;
+                b.list_messages(
+                    address,
+                    q.mailbox.unwrap_or_else(|| "INBOX".to_owned()),
+                    q.after.unwrap_or(0),
+                    q.limit.unwrap_or(100),
+                )
+                .await
+            };
+            reply(StatusCode::OK, result.await)
+        });
     let node = warp::path!("admin" / "v1" / "node")
         .and(warp::get())
         .and(backend)
@@ -523,6 +586,8 @@ fn routes<B: AdminBackend>(backend: Arc<B>, gate: Arc<Gate>) -> Routes {
         .or(delete_account)
         .unify()
         .or(set_password)
+        .unify()
+        .or(list_messages)
         .unify()
         .or(node)
         .unify();
@@ -616,6 +681,34 @@ mod tests {
         assert_eq!(segment("%C3%BC").unwrap(), "ü");
         for bad in ["%", "%4", "%zz", "%ff"] {
             assert!(segment(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn message_list_queries_are_checked() {
+        let q = MessagesQuery::parse("mailbox=Archive%2F2024&after=5&limit=10").unwrap();
+        assert_eq!(q.mailbox.as_deref(), Some("Archive/2024"));
+        assert_eq!((q.after, q.limit), (Some(5), Some(10)));
+        let q = MessagesQuery::parse("").unwrap();
+        assert_eq!((q.mailbox, q.after, q.limit), (None, None, None));
+        assert_eq!(
+            MessagesQuery::parse("mailbox=Sent+Items")
+                .unwrap()
+                .mailbox
+                .as_deref(),
+            Some("Sent Items")
+        );
+        for bad in [
+            "after=x",
+            "limit=0",
+            "limit=1001",
+            "colour=red",
+            "mailbox=%zz",
+        ] {
+            assert!(
+                matches!(MessagesQuery::parse(bad), Err(AdminError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -34,8 +34,6 @@ mod pace;
 mod plan;
 
 #[cfg(test)]
-mod fake;
-#[cfg(test)]
 mod tests;
 
 use std::time::Duration;

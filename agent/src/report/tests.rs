@@ -6,11 +6,11 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde_json::{Value, json};
+use tern_crds::fake_api::FakeApi;
 use tern_crds::mail_cluster::{GossipState, MemberShard, MemberStatus, RaftRole};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
 
-use super::fake::FakeApi;
 use super::*;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/mail-ns/leases";
@@ -21,14 +21,11 @@ const SECOND: Duration = Duration::from_secs(1);
 
 fn setup() -> (kube::Client, FakeApi) {
     let (client, fake) = FakeApi::start();
-    fake.put(
-        MC,
-        json!({
-            "apiVersion": "mail.tern.dev/v1alpha1", "kind": "MailCluster",
-            "metadata": {"name": "mail", "namespace": "mail-ns"},
-            "spec": {"domains": ["example.com"]},
-        }),
-    );
+    fake.put(json!({
+        "apiVersion": "mail.tern.dev/v1alpha1", "kind": "MailCluster",
+        "metadata": {"name": "mail", "namespace": "mail-ns"},
+        "spec": {"domains": ["example.com"]},
+    }));
     (client, fake)
 }
 
@@ -165,7 +162,7 @@ async fn the_holder_takes_the_lease_and_applies_its_fields_of_status() {
 #[tokio::test(start_paused = true)]
 async fn a_candidate_never_writes_while_another_agent_holds_the_lease() {
     let (client, fake) = setup();
-    fake.put(LEASE, lease_held_by("mail-default-1"));
+    fake.put(lease_held_by("mail-default-1"));
     let (_tx, rx) = watch::channel(view(GossipState::Alive, "0"));
     let reporter = start(&client, "mail-default-0", rx);
     sleep(60 * SECOND).await;
@@ -301,7 +298,7 @@ async fn losing_the_lease_to_another_holder_stops_writes() {
     let (tx, rx) = watch::channel(view(GossipState::Alive, "0"));
     let reporter = start(&client, "mail-default-0", rx);
     until(10 * SECOND, || fake.patches().len() == 1).await;
-    fake.put(LEASE, lease_held_by("mail-default-1"));
+    fake.put(lease_held_by("mail-default-1"));
     until(10 * SECOND, || !reporter.is_leading()).await;
     for i in 0..30 {
         tx.send_replace(view(GossipState::Suspect, &i.to_string()));

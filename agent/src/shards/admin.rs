@@ -12,7 +12,7 @@ use tern_crds::Assignment;
 use tern_mail::{Command, MailError, decode_response};
 use tern_raft::ShardId;
 
-use super::query::{MAX_ACCOUNTS, QueryAnswer};
+use super::query::{MAX_ACCOUNTS, MessagesAnswer, QueryAnswer};
 use super::{Query, ShardError, ShardHost};
 use crate::admin::{AccountInfo, AdminBackend, AdminError, DomainInfo, NodeState, ShardState};
 
@@ -237,6 +237,32 @@ impl AdminBackend for ShardHost {
             .await?
             .map(|_| ())
             .map_err(from_mail)
+    }
+
+    async fn list_messages(
+        &self,
+        address: String,
+        mailbox: String,
+        after_uid: u32,
+        limit: u32,
+    ) -> Result<Vec<crate::admin::MessageInfo>, AdminError> {
+        let shard = self.shard_of(&address)?;
+        let query = Query::Messages {
+            address: address.clone(),
+            mailbox: mailbox.clone(),
+            after_uid,
+            limit,
+        };
+        match self.query(shard, &query).await.map_err(from_shard)? {
+            QueryAnswer::Messages(MessagesAnswer::Page(page)) => Ok(page),
+            QueryAnswer::Messages(MessagesAnswer::NoAccount) => {
+                Err(AdminError::NotFound(format!("no such account {address:?}")))
+            }
+            QueryAnswer::Messages(MessagesAnswer::NoMailbox) => Err(AdminError::NotFound(format!(
+                "{address} has no mailbox {mailbox:?}"
+            ))),
+            _ => Err(AdminError::Internal("unexpected query answer".into())),
+        }
     }
 
     async fn node_state(&self) -> Result<NodeState, AdminError> {

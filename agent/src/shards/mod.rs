@@ -36,7 +36,7 @@ mod query;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
@@ -177,6 +177,22 @@ pub struct HostOptions {
     pub marker_dir: Option<std::path::PathBuf>,
 }
 
+/// Whether gossip holds a node alive (suspect, dead and left nodes are not).
+pub type Liveness = Arc<dyn Fn(NodeId) -> bool + Send + Sync>;
+
+/// `ids` with the nodes gossip holds alive first, each group in its given order. The others
+/// stay at the end: gossip may be wrong, and when nobody else answers they are still worth
+/// asking.
+pub fn live_first(
+    ids: impl IntoIterator<Item = NodeId>,
+    is_live: impl Fn(NodeId) -> bool,
+) -> Vec<NodeId> {
+    let (mut live, doubted): (Vec<NodeId>, Vec<NodeId>) =
+        ids.into_iter().partition(|id| is_live(*id));
+    live.extend(doubted);
+    live
+}
+
 /// The shards this node holds.
 pub struct ShardHost {
     node_id: NodeId,
@@ -194,6 +210,8 @@ pub struct ShardHost {
     hints: Mutex<BTreeMap<ShardId, NodeId>>,
     /// Serialises reconciliation.
     reconciling: tokio::sync::Mutex<()>,
+    /// Gossip's opinion of a node; until it is set every node counts as live.
+    liveness: OnceLock<Liveness>,
     pub stats: HostStats,
     /// What this node's RPC server counted.
     pub rpc_stats: Arc<crate::rpc::RpcStats>,
@@ -215,9 +233,20 @@ impl ShardHost {
             assignment: RwLock::default(),
             hints: Mutex::default(),
             reconciling: tokio::sync::Mutex::new(()),
+            liveness: OnceLock::new(),
             stats: HostStats::default(),
             rpc_stats: Arc::default(),
         })
+    }
+
+    /// Lets routing skip nodes gossip holds suspect or dead: writes and reads forwarded to a
+    /// shard's leader, and queries sent to a shard's replicas, try live nodes first.
+    pub fn set_liveness(&self, liveness: Liveness) {
+        let _ = self.liveness.set(liveness);
+    }
+
+    fn is_live(&self, id: NodeId) -> bool {
+        id == self.node_id || self.liveness.get().is_none_or(|live| live(id))
     }
 
     fn abstain_marker(&self, shard: ShardId) -> Option<std::path::PathBuf> {
@@ -700,11 +729,13 @@ impl ShardHost {
     /// following "not the leader" answers, within the host's timeout.
     async fn ask_leader(&self, shard: ShardId, op: Op) -> Result<Answer, ShardError> {
         let deadline = Instant::now() + self.timeout;
-        let voters: Vec<NodeId> = self
-            .assignment()
-            .and_then(|a| a.shards.iter().find(|s| s.id == shard).cloned())
-            .ok_or(ShardError::UnknownShard(shard))?
-            .voters;
+        let voters: Vec<NodeId> = live_first(
+            self.assignment()
+                .and_then(|a| a.shards.iter().find(|s| s.id == shard).cloned())
+                .ok_or(ShardError::UnknownShard(shard))?
+                .voters,
+            |id| self.is_live(id),
+        );
         if voters.is_empty() {
             return Err(ShardError::unavailable(
                 shard,
@@ -715,19 +746,23 @@ impl ShardHost {
         let mut next_voter = 0usize;
         loop {
             let local = self.replica(shard);
-            let known = hint
-                .or_else(|| {
-                    local
-                        .as_ref()
-                        .and_then(|r| r.raft.metrics().borrow().current_leader)
-                })
-                .or_else(|| {
-                    self.hints
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&shard)
-                        .copied()
-                });
+            // A leader remembered here that gossip holds suspect or dead is not waited for:
+            // the live voters answer, or name the leader they know — a name from a voter's
+            // answer is followed whatever gossip says, since Raft's heartbeats back it.
+            let remembered = || {
+                local
+                    .as_ref()
+                    .and_then(|r| r.raft.metrics().borrow().current_leader)
+                    .or_else(|| {
+                        self.hints
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get(&shard)
+                            .copied()
+                    })
+                    .filter(|id| self.is_live(*id))
+            };
+            let known = hint.or_else(remembered);
             let target = known.unwrap_or_else(|| {
                 next_voter += 1;
                 voters[(next_voter - 1) % voters.len()]
@@ -1115,5 +1150,13 @@ mod tests {
         assert_eq!(initializer(4, &[3, 1, 2]), Some(1));
         assert_eq!(initializer(7, &[5]), Some(5));
         assert_eq!(initializer(1, &[]), None);
+    }
+
+    #[test]
+    fn live_nodes_are_asked_first_and_doubted_ones_last() {
+        let live = |id: NodeId| id != 2 && id != 4;
+        assert_eq!(live_first([1, 2, 3, 4, 5], live), [1, 3, 5, 2, 4]);
+        assert_eq!(live_first([2, 4], live), [2, 4]);
+        assert_eq!(live_first([], live), Vec::<NodeId>::new());
     }
 }

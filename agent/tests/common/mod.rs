@@ -50,8 +50,9 @@ use tern_raft::Node;
 const PASSWORD: &str = "fault-tests-admin-password";
 /// How long a cluster (or a restarted node) has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Ports each node uses: health, RPC, admin, gossip (UDP and TCP).
-const PORTS_PER_NODE: u16 = 4;
+/// Ports each node uses: health, RPC, admin, gossip (UDP and TCP), smtp, submission, smtps,
+/// lmtp.
+const PORTS_PER_NODE: u16 = 8;
 /// Test clusters take ports from here, below the kernel's ephemeral range (32768 and up), so
 /// that no outgoing connection takes a port between the check and the agent's bind or
 /// between a kill and a restart; `tern-e2e` starts at 20000.
@@ -78,6 +79,8 @@ pub struct Options {
     pub hold_back: Vec<usize>,
     /// Whether [`Cluster::start`] waits until every node it started is ready.
     pub wait_ready: bool,
+    /// More environment for some nodes: `(node, variable, value)`.
+    pub node_env: Vec<(usize, &'static str, String)>,
 }
 
 impl Default for Options {
@@ -89,6 +92,7 @@ impl Default for Options {
             storage: true,
             hold_back: vec![],
             wait_ready: true,
+            node_env: vec![],
         }
     }
 }
@@ -105,6 +109,8 @@ struct NodeProcess {
     admin: SocketAddr,
     rpc: SocketAddr,
     gossip: SocketAddr,
+    /// Where the test reaches its smtp, submission, smtps and lmtp listeners.
+    mail: [SocketAddr; 4],
     /// Its copy of the cluster's gossip keyring (`TERN_GOSSIP_KEY_FILE`).
     keyring: PathBuf,
     data: PathBuf,
@@ -173,6 +179,8 @@ impl Cluster {
             rpc_bind: SocketAddr,
             admin_bind: SocketAddr,
             gossip_bind: SocketAddr,
+            /// smtp, submission, smtps, lmtp.
+            mail_bind: [SocketAddr; 4],
             gossip_advertised: SocketAddr,
             rpc_advertised: SocketAddr,
             /// Where the test reaches the health endpoint and the admin API.
@@ -183,7 +191,9 @@ impl Cluster {
         }
         let plans: Vec<Plan> = (0..count)
             .map(|i| {
-                let [health, rpc, admin, gossip] = ports[i];
+                let [health, rpc, admin, gossip, smtp, submission, smtps, lmtp] = ports[i];
+                let mail = [smtp, submission, smtps, lmtp];
+                let mail_on = |ip: IpAddr| mail.map(|port| SocketAddr::new(ip, port));
                 match (&netns, isolated) {
                     (Some(ns), Some(j)) if i == j => Plan {
                         // Inside its namespace it listens everywhere: its peers come over the
@@ -192,6 +202,7 @@ impl Cluster {
                         rpc_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), rpc),
                         admin_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), admin),
                         gossip_bind: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), gossip),
+                        mail_bind: mail_on(Ipv4Addr::UNSPECIFIED.into()),
                         gossip_advertised: SocketAddr::new(ns.ns_ip.into(), gossip),
                         rpc_advertised: SocketAddr::new(ns.ns_ip.into(), rpc),
                         reach: ns.control_ns_ip.into(),
@@ -203,6 +214,7 @@ impl Cluster {
                         rpc_bind: SocketAddr::new(ns.host_ip.into(), rpc),
                         admin_bind: SocketAddr::new(loopback, admin),
                         gossip_bind: SocketAddr::new(ns.host_ip.into(), gossip),
+                        mail_bind: mail_on(loopback),
                         gossip_advertised: SocketAddr::new(ns.host_ip.into(), gossip),
                         rpc_advertised: SocketAddr::new(ns.host_ip.into(), rpc),
                         reach: loopback,
@@ -214,6 +226,7 @@ impl Cluster {
                         rpc_bind: SocketAddr::new(loopback, rpc),
                         admin_bind: SocketAddr::new(loopback, admin),
                         gossip_bind: SocketAddr::new(loopback, gossip),
+                        mail_bind: mail_on(loopback),
                         gossip_advertised: SocketAddr::new(loopback, gossip),
                         rpc_advertised: SocketAddr::new(loopback, rpc),
                         reach: loopback,
@@ -332,9 +345,19 @@ impl Cluster {
                     ),
                     ("TERN_GOSSIP_SEEDS", seeds.join(",")),
                     ("TERN_GOSSIP_KEY_FILE", path(&keyring_file)),
+                    ("TERN_SMTP_ADDR", plan.mail_bind[0].to_string()),
+                    ("TERN_SUBMISSION_ADDR", plan.mail_bind[1].to_string()),
+                    ("TERN_SMTPS_ADDR", plan.mail_bind[2].to_string()),
+                    ("TERN_LMTP_ADDR", plan.mail_bind[3].to_string()),
                     ("RUST_LOG", "info,openraft=warn".to_owned()),
                     ("NO_COLOR", "1".to_owned()),
                 ];
+                for (node, key, value) in &options.node_env {
+                    if *node == i {
+                        env.retain(|(k, _)| k != key);
+                        env.push((key, value.clone()));
+                    }
+                }
                 if let Some(n) = options.snapshot_logs {
                     env.push(("TERN_SNAPSHOT_LOGS", n.to_string()));
                 }
@@ -348,6 +371,9 @@ impl Cluster {
                     admin: SocketAddr::new(plan.reach, plan.admin_bind.port()),
                     rpc: plan.rpc_reach,
                     gossip: plan.gossip_reach,
+                    mail: plan
+                        .mail_bind
+                        .map(|a| SocketAddr::new(plan.reach, a.port())),
                     keyring: keyring_file,
                     data,
                     log: node_dir.join("agent.log"),
@@ -709,6 +735,30 @@ impl Cluster {
         serde_json::from_str(&body).map_err(|e| format!("/cluster/members: {e}: {body}"))
     }
 
+    /// Where the test reaches node `i`'s mail listener `kind` (`smtp`, `submission`, `smtps`
+    /// or `lmtp`).
+    pub fn mail_addr(&self, i: usize, kind: &str) -> SocketAddr {
+        let k = match kind {
+            "smtp" => 0,
+            "submission" => 1,
+            "smtps" => 2,
+            "lmtp" => 3,
+            other => panic!("no mail listener {other:?}"),
+        };
+        self.nodes[i].mail[k]
+    }
+
+    /// The cluster CA's certificate file (it signed the listeners' certificate, which names
+    /// 127.0.0.1 and localhost).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("pki").join(pki::CA_CERT_FILE)
+    }
+
+    /// The cluster's directory (logs, configuration, PKI).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where node `i`'s gossip listens (UDP and TCP), as the test reaches it.
     pub fn gossip_addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].gossip
@@ -943,7 +993,7 @@ pub fn random_key() -> [u8; tern_gossip::keyring::KEY_LEN] {
 /// `count` blocks of [`PORTS_PER_NODE`] ports, free on every address (TCP, and UDP for
 /// gossip): from a place that depends on the process and the cluster, so that parallel tests
 /// and test processes do not race for the same ports.
-fn free_ports(k: u32, count: usize) -> Vec<[u16; 4]> {
+fn free_ports(k: u32, count: usize) -> Vec<[u16; PORTS_PER_NODE as usize]> {
     let width = PORTS_PER_NODE * count as u16;
     let slots = (PORT_RANGE.end - PORT_RANGE.start) / width;
     let first = (std::process::id().wrapping_mul(7919).wrapping_add(k * 613)) % u32::from(slots);
@@ -957,7 +1007,7 @@ fn free_ports(k: u32, count: usize) -> Vec<[u16; 4]> {
             return (0..count as u16)
                 .map(|i| {
                     let b = base + i * PORTS_PER_NODE;
-                    [b, b + 1, b + 2, b + 3]
+                    std::array::from_fn(|k| b + k as u16)
                 })
                 .collect();
         }

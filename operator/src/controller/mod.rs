@@ -8,8 +8,6 @@ pub mod plan;
 pub mod status;
 
 #[cfg(test)]
-mod fake_api;
-#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::Method;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use tern_crds::fake_api::{Call, FakeApi};
 use tern_crds::{Assignment, ClusterRole, MailCluster, UserGroup};
 
-use super::fake_api::{Call, FakeApi};
 use super::{Context, cluster, orphans};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -37,6 +37,8 @@ fn mail_cluster(spec: Value) -> Value {
 
 fn setup(spec: Value) -> (FakeApi, Arc<Context>) {
     let (client, fake) = FakeApi::start();
+    // One field manager for every write.
+    fake.require_field_manager("tern-operator");
     fake.put(mail_cluster(spec));
     let settings = Settings::from_vars(|_| None).unwrap();
     (
@@ -647,8 +649,8 @@ mod leader_election {
     use std::time::Duration;
 
     use serde_json::json;
+    use tern_crds::fake_api::FakeApi;
 
-    use super::super::fake_api::FakeApi;
     use crate::leader::{LeaderElector, LeaseConfig};
 
     const LEASE: &str =

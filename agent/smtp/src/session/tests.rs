@@ -104,6 +104,17 @@ impl Driver {
                                 RcptVerdict::Local
                             }
                             "busy" => RcptVerdict::TempFail,
+                            "refused" => RcptVerdict::Refuse(Reply::new(
+                                550,
+                                Status(5, 7, 1),
+                                "not delivered from here",
+                            )),
+                            "full" => RcptVerdict::Refuse(Reply::new(
+                                452,
+                                Status(4, 2, 2),
+                                "mailbox full",
+                            )),
+                            "confused" => RcptVerdict::Refuse(Reply::plain(250, "fine")),
                             _ => RcptVerdict::Unknown,
                         }
                     } else {
@@ -359,6 +370,27 @@ fn relay_refused_even_with_tls_unless_authenticated_and_never_on_lmtp() {
         d.send("RCPT TO:<x@elsewhere.example>\r\n")
             .starts_with("554 5.7.1")
     );
+}
+
+#[test]
+fn a_backend_refusal_keeps_its_reply_within_its_class() {
+    let mut d = Driver::new(Protocol::Smtp);
+    d.send("EHLO c\r\nMAIL FROM:<s@remote.example>\r\n");
+    assert_eq!(
+        d.send("RCPT TO:<refused@example.org>\r\n"),
+        "550 5.7.1 not delivered from here\r\n"
+    );
+    assert_eq!(
+        d.send("RCPT TO:<full@example.org>\r\n"),
+        "452 4.2.2 mailbox full\r\n"
+    );
+    // A positive reply is no refusal: it becomes a permanent one, never an acceptance.
+    assert_eq!(
+        d.send("RCPT TO:<confused@example.org>\r\n"),
+        "550 5.0.0 <confused@example.org>: Recipient refused\r\n"
+    );
+    assert!(d.send("DATA\r\n").starts_with("554 5.5.1"));
+    assert!(d.deliveries.is_empty());
 }
 
 #[test]

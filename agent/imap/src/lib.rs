@@ -1,0 +1,31 @@
+//! tern-imap: how mail is read in Tern — IMAP4rev1 with the extensions clients rely on.
+//!
+//! Commands are framed and parsed by `imap-codec` (its fragmentizer bounds lines and
+//! literals before they are buffered); the session is a state machine over the typed
+//! commands; what it needs from the agent (passwords, the replicated mail store) sits
+//! behind the [`Backend`] trait.
+//!
+//! - [`session`]: states, sequence numbers, every command; [`wire`]: response fragments.
+//! - [`backend`]: the trait and its types; [`memory`]: an in-memory backend for tests.
+//! - [`server`]: the tokio listener (STARTTLS and implicit TLS with rustls, idle
+//!   timeouts, literal and connection limits, authentication failure limits from
+//!   [`throttle`]); [`limits`]: every limit and its default.
+#![forbid(unsafe_code)]
+
+pub mod backend;
+pub mod limits;
+pub mod memory;
+pub mod server;
+pub mod session;
+pub mod throttle;
+pub mod wire;
+
+pub use backend::{
+    Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
+    MessageMeta, SpecialUse, StoreOutcome,
+};
+pub use limits::Limits;
+pub use memory::MemoryBackend;
+pub use server::{ListenerConfig, Server, ServerError};
+pub use session::{Outcome, Session, SessionConfig};
+pub use throttle::Throttle;

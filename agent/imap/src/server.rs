@@ -1,0 +1,538 @@
+//! The tokio server: accepts connections on one listener and runs a [`Session`] on each.
+//!
+//! Per connection: the connection limits, the TLS handshake on an implicit-TLS listener
+//! (993), the greeting, then commands framed by `imap-codec`'s fragmentizer. A literal
+//! larger than [`Limits::max_literal`] is refused when announced, before its bytes are
+//! read (a synchronising one with `NO [TOOBIG]`, a LITERAL+ one with `BYE`, since its bytes
+//! are already on the way). Every wait for the client is bounded: a short timeout before
+//! login, a long one after, and the IDLE timeout while idling. On STARTTLS, bytes the client
+//! sent after the command are dropped, so nothing pipelined in clear text runs under TLS.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use imap_codec::fragmentizer::{
+    DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
+};
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::imap_types::auth::AuthenticateData;
+use imap_codec::imap_types::core::LiteralMode;
+use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, warn};
+
+use crate::backend::Backend;
+use crate::limits::Limits;
+use crate::session::{Outcome, Session, SessionConfig};
+use crate::throttle::Throttle;
+
+/// A listener's configuration.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// This server's name (greeting).
+    pub hostname: String,
+    /// The TLS configuration: STARTTLS when `implicit_tls` is false, required when true.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS from the first byte (993) instead of STARTTLS (143).
+    pub implicit_tls: bool,
+    /// The limits.
+    pub limits: Limits,
+}
+
+impl ListenerConfig {
+    /// A STARTTLS listener with default limits.
+    pub fn new(hostname: impl Into<String>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        ListenerConfig {
+            hostname: hostname.into(),
+            tls,
+            implicit_tls: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Errors that stop a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot work.
+    #[error("invalid listener configuration: {0}")]
+    Config(&'static str),
+}
+
+/// One listener's server.
+pub struct Server<B> {
+    config: Arc<ListenerConfig>,
+    backend: Arc<B>,
+    throttle: Arc<Throttle>,
+    acceptor: Option<TlsAcceptor>,
+}
+
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the framing produced.
+enum Event {
+    /// A complete message is in the fragmentizer.
+    Message,
+    /// Nothing complete yet: read more.
+    NeedMore,
+    /// A synchronising literal over the limit was refused; the message was skipped.
+    Refused,
+    /// A non-synchronising literal over the limit, or an unbounded line: close.
+    Fatal(&'static str),
+}
+
+/// How a connection ended, for the logs.
+#[derive(Debug)]
+enum End {
+    Closed,
+    Timeout,
+    Io(io::Error),
+}
+
+impl From<io::Error> for End {
+    fn from(e: io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+struct Framer {
+    frag: Fragmentizer,
+    limits: Limits,
+    pending: usize,
+}
+
+impl Framer {
+    fn new(limits: &Limits) -> Self {
+        Framer {
+            frag: Fragmentizer::new(limits.max_literal.saturating_add(limits.max_line)),
+            limits: limits.clone(),
+            pending: 0,
+        }
+    }
+
+    /// Advances the fragmentizer; answers literal announcements into `out`.
+    fn pump(&mut self, out: &mut Vec<u8>) -> Event {
+        loop {
+            let Some(info) = self.frag.progress() else {
+                let bound = self.limits.max_literal as usize + self.limits.max_line as usize;
+                if self.pending > bound {
+                    return Event::Fatal("Line too long");
+                }
+                return Event::NeedMore;
+            };
+            self.pending = 0;
+            if let FragmentInfo::Line {
+                announcement: Some(LiteralAnnouncement { mode, length }),
+                ..
+            } = info
+            {
+                if length > self.limits.max_literal {
+                    if mode == LiteralMode::NonSync {
+                        return Event::Fatal("[TOOBIG] Literal too large");
+                    }
+                    match self.frag.decode_tag() {
+                        Some(tag) => out.extend_from_slice(
+                            format!("{} NO [TOOBIG] Literal too large\r\n", tag.as_ref())
+                                .as_bytes(),
+                        ),
+                        None => out.extend_from_slice(b"* BAD [TOOBIG] Literal too large\r\n"),
+                    }
+                    self.frag.skip_message();
+                    return Event::Refused;
+                }
+                if mode == LiteralMode::Sync {
+                    out.extend_from_slice(b"+ Ready for literal data\r\n");
+                }
+                continue;
+            }
+            if self.frag.is_message_complete() {
+                return Event::Message;
+            }
+        }
+    }
+
+    fn enqueue(&mut self, bytes: &[u8]) {
+        self.pending += bytes.len();
+        self.frag.enqueue_bytes(bytes);
+    }
+}
+
+impl<B: Backend> Server<B> {
+    /// A server for `config` over `backend`, with its own [`Throttle`].
+    pub fn new(config: ListenerConfig, backend: Arc<B>) -> Result<Self, ServerError> {
+        let throttle = Throttle::new(config.limits.clone());
+        Self::with_throttle(config, backend, throttle)
+    }
+
+    /// A server sharing `throttle` with other listeners (143 and 993 count together).
+    pub fn with_throttle(
+        config: ListenerConfig,
+        backend: Arc<B>,
+        throttle: Arc<Throttle>,
+    ) -> Result<Self, ServerError> {
+        if config.implicit_tls && config.tls.is_none() {
+            return Err(ServerError::Config(
+                "an implicit-TLS listener needs a TLS configuration",
+            ));
+        }
+        if config.hostname.is_empty()
+            || config
+                .hostname
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ServerError::Config(
+                "hostname must be a non-empty name without spaces",
+            ));
+        }
+        if config.limits.max_line < 1024 || config.limits.max_errors == 0 {
+            return Err(ServerError::Config(
+                "max_line must be at least 1024 and max_errors at least 1",
+            ));
+        }
+        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        Ok(Server {
+            config: Arc::new(config),
+            backend,
+            throttle,
+            acceptor,
+        })
+    }
+
+    /// Accepts connections on `listener` until `shutdown` completes; then stops accepting
+    /// and ends the sessions (clients reconnect to another member).
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Some(slot) = self.throttle.connect(peer.ip()) else {
+                        debug!(%peer, "connection refused: limit reached");
+                        let mut tcp = tcp;
+                        let _ = tcp.write_all(b"* BYE Too many connections\r\n").await;
+                        continue;
+                    };
+                    let config = Arc::clone(&self.config);
+                    let backend = Arc::clone(&self.backend);
+                    let throttle = Arc::clone(&self.throttle);
+                    let acceptor = self.acceptor.clone();
+                    tasks.spawn(async move {
+                        let end = connection(tcp, peer, config, backend, throttle, acceptor).await;
+                        match end {
+                            Err(End::Io(e)) => debug!(%peer, error = %e, "connection failed"),
+                            end => debug!(%peer, ?end, "connection ended"),
+                        }
+                        drop(slot);
+                    });
+                }
+            }
+        }
+        tasks.shutdown().await;
+    }
+}
+
+async fn write(conn: &mut Conn, out: &mut Vec<u8>) -> Result<(), End> {
+    if !out.is_empty() {
+        conn.write_all(out).await?;
+        conn.flush().await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+async fn read_more(
+    conn: &mut Conn,
+    framer: &mut Framer,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), End> {
+    match timeout_at(deadline, conn.read(buf)).await {
+        Err(_) => Err(End::Timeout),
+        Ok(Ok(0)) => Err(End::Closed),
+        Ok(Ok(n)) => {
+            framer.enqueue(&buf[..n]);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(End::Io(e)),
+    }
+}
+
+/// Reads until a complete message is framed (answering literal announcements).
+async fn next_message(
+    conn: &mut Conn,
+    framer: &mut Framer,
+    buf: &mut [u8],
+    wait: Duration,
+    out: &mut Vec<u8>,
+) -> Result<bool, End> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match framer.pump(out) {
+            Event::Message => return Ok(true),
+            Event::Refused => {
+                write(conn, out).await?;
+                return Ok(false);
+            }
+            Event::Fatal(text) => {
+                out.extend_from_slice(format!("* BYE {text}\r\n").as_bytes());
+                write(conn, out).await?;
+                return Err(End::Closed);
+            }
+            Event::NeedMore => {
+                write(conn, out).await?;
+                read_more(conn, framer, buf, deadline).await?;
+            }
+        }
+    }
+}
+
+async fn connection<B: Backend>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ListenerConfig>,
+    backend: Arc<B>,
+    throttle: Arc<Throttle>,
+    acceptor: Option<TlsAcceptor>,
+) -> Result<(), End> {
+    let limits = &config.limits;
+    let mut conn = match (&acceptor, config.implicit_tls) {
+        (Some(acceptor), true) => {
+            match timeout(limits.unauthenticated_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                Ok(Err(e)) => return Err(End::Io(e)),
+                Err(_) => return Err(End::Timeout),
+            }
+        }
+        _ => Conn::Plain(tcp),
+    };
+    let session_config = SessionConfig {
+        hostname: config.hostname.clone(),
+        starttls: acceptor.is_some() && !config.implicit_tls,
+        peer: peer.ip(),
+    };
+    let tls = matches!(conn, Conn::Tls(_));
+    let mut session = Session::new(backend, throttle, session_config, tls);
+    let mut out = session.greeting();
+    write(&mut conn, &mut out).await?;
+    let mut framer = Framer::new(limits);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut errors = 0u32;
+    let mut outcome = Outcome::Continue;
+    loop {
+        let wait = if session.is_authenticated() {
+            limits.authenticated_timeout
+        } else {
+            limits.unauthenticated_timeout
+        };
+        if outcome == Outcome::Idle {
+            outcome = idle(
+                &mut conn,
+                &mut session,
+                &mut framer,
+                &mut buf,
+                limits,
+                &mut out,
+            )
+            .await?;
+            write(&mut conn, &mut out).await?;
+            continue;
+        }
+        let complete = match next_message(&mut conn, &mut framer, &mut buf, wait, &mut out).await {
+            Ok(c) => c,
+            Err(End::Timeout) => {
+                out.extend_from_slice(b"* BYE Autologout; idle for too long\r\n");
+                let _ = write(&mut conn, &mut out).await;
+                return Err(End::Timeout);
+            }
+            Err(e) => return Err(e),
+        };
+        if !complete {
+            continue;
+        }
+        if outcome == Outcome::AuthContinue {
+            let response = match framer
+                .frag
+                .decode_message(&AuthenticateDataCodec::default())
+            {
+                Ok(AuthenticateData::Continue(data)) => Some(data.declassify().to_vec()),
+                _ => None,
+            };
+            session.auth_response(response.as_deref(), &mut out).await;
+            outcome = Outcome::Continue;
+            write(&mut conn, &mut out).await?;
+            continue;
+        }
+        let command = match framer.frag.decode_message(&CommandCodec::default()) {
+            Ok(command) => Some(command.into_static()),
+            Err(e) => {
+                errors += 1;
+                let text = match e {
+                    DecodeMessageError::MessageTooLong { .. } => "[TOOBIG] Command too long",
+                    _ => "Syntax error",
+                };
+                match framer.frag.decode_tag() {
+                    Some(tag) => {
+                        out.extend_from_slice(format!("{} BAD {text}\r\n", tag.as_ref()).as_bytes())
+                    }
+                    None => out.extend_from_slice(format!("* BAD {text}\r\n").as_bytes()),
+                }
+                None
+            }
+        };
+        if let Some(command) = command {
+            outcome = session.handle(command, &mut out).await;
+            if out.windows(5).any(|w| w == b" BAD ") {
+                errors += 1;
+            }
+        }
+        if errors >= limits.max_errors {
+            out.extend_from_slice(b"* BYE Too many errors\r\n");
+            write(&mut conn, &mut out).await?;
+            return Err(End::Closed);
+        }
+        write(&mut conn, &mut out).await?;
+        match outcome {
+            Outcome::Logout => {
+                let _ = conn.shutdown().await;
+                return Ok(());
+            }
+            Outcome::StartTls => {
+                let (Conn::Plain(tcp), Some(acceptor)) = (conn, &acceptor) else {
+                    return Err(End::Closed);
+                };
+                conn = match timeout(limits.unauthenticated_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
+                    Ok(Err(e)) => return Err(End::Io(e)),
+                    Err(_) => return Err(End::Timeout),
+                };
+                // Anything pipelined after STARTTLS in clear text is dropped.
+                framer = Framer::new(limits);
+                session.tls_started();
+                outcome = Outcome::Continue;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// IDLE: sends updates when the store changes, until `DONE`, a timeout or a close.
+async fn idle<B: Backend>(
+    conn: &mut Conn,
+    session: &mut Session<B>,
+    framer: &mut Framer,
+    buf: &mut [u8],
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) -> Result<Outcome, End> {
+    let Some(mut changes) = session.changes() else {
+        session.idle_done(false, out);
+        return Ok(Outcome::Continue);
+    };
+    changes.borrow_and_update();
+    let deadline = Instant::now() + limits.idle_timeout;
+    // Changes made between SELECT and IDLE are reported at once.
+    session.idle_refresh(out).await;
+    write(conn, out).await?;
+    loop {
+        match framer.pump(out) {
+            Event::Message => {
+                let ok = framer
+                    .frag
+                    .decode_message(&IdleDoneCodec::default())
+                    .is_ok();
+                session.idle_done(ok, out);
+                return Ok(Outcome::Continue);
+            }
+            Event::Refused => {
+                session.idle_done(false, out);
+                return Ok(Outcome::Continue);
+            }
+            Event::Fatal(text) => {
+                out.extend_from_slice(format!("* BYE {text}\r\n").as_bytes());
+                write(conn, out).await?;
+                return Err(End::Closed);
+            }
+            Event::NeedMore => {}
+        }
+        tokio::select! {
+            read = read_more(conn, framer, buf, deadline) => {
+                if let Err(End::Timeout) = read {
+                    out.extend_from_slice(b"* BYE IDLE timed out\r\n");
+                    let _ = write(conn, out).await;
+                }
+                read?;
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    out.extend_from_slice(b"* BYE Server shutting down\r\n");
+                    let _ = write(conn, out).await;
+                    return Err(End::Closed);
+                }
+                session.idle_refresh(out).await;
+                write(conn, out).await?;
+            }
+        }
+    }
+}

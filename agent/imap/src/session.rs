@@ -1,0 +1,1689 @@
+//! The IMAP session: typed commands from `imap-codec` in, response bytes out, the mail
+//! store behind [`Backend`]. No socket here: the [`server`](crate::server) reads and
+//! frames commands, does TLS and timeouts, and acts on the [`Outcome`].
+//!
+//! States (RFC 9051 §3): not authenticated → authenticated → selected → logout. Sequence
+//! numbers live here (the session's view of the selected mailbox, a list of UIDs); the
+//! backend only knows UIDs. Untagged EXPUNGE/EXISTS/FETCH updates are sent on NOOP,
+//! CHECK, IDLE and after the session's own EXPUNGE/MOVE/COPY/APPEND, never during
+//! FETCH/STORE/SEARCH by sequence number.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use imap_codec::imap_types::IntoStatic;
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::command::{FetchModifier, SelectParameter, StoreModifier};
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::enable::CapabilityEnable;
+use imap_codec::imap_types::fetch::{MacroOrMessageDataItemNames, MessageDataItemName, Section};
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use imap_codec::imap_types::status::StatusDataItemName;
+use tokio::sync::watch;
+
+use crate::backend::{Account, AuthVerdict, Backend, BackendError, FlagOp, MessageMeta};
+use crate::throttle::Throttle;
+use crate::wire;
+
+/// What the server does after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Read the next command.
+    Continue,
+    /// Send the output, then do the TLS handshake (input buffered so far is discarded).
+    StartTls,
+    /// Send the output, then read one SASL response line for [`Session::auth_response`].
+    AuthContinue,
+    /// Send the output, then wait for changes or `DONE` ([`Session::idle_refresh`],
+    /// [`Session::idle_done`]).
+    Idle,
+    /// Send the output and close the connection.
+    Logout,
+}
+
+/// Per-connection facts and settings.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The server's name in the greeting.
+    pub hostname: String,
+    /// Whether STARTTLS can be offered.
+    pub starttls: bool,
+    /// The client's address (for authentication limits).
+    pub peer: IpAddr,
+}
+
+#[derive(Debug)]
+struct Selected {
+    name: String,
+    read_only: bool,
+    /// `(uid, modseq)` by sequence number − 1.
+    messages: Vec<(u32, u64)>,
+}
+
+#[derive(Debug)]
+enum State {
+    NotAuthenticated,
+    Authenticated(Account),
+    Selected(Account, Selected),
+    Logout,
+}
+
+/// Why a command fails: tagged NO or BAD.
+#[derive(Debug)]
+enum Fail {
+    No(String),
+    Bad(String),
+}
+
+impl From<BackendError> for Fail {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable(_) => {
+                Fail::No("[UNAVAILABLE] Temporarily unavailable, try again later".into())
+            }
+            BackendError::NoMailbox => Fail::No("[NONEXISTENT] No such mailbox".into()),
+            BackendError::AlreadyExists => Fail::No("[ALREADYEXISTS] Mailbox exists".into()),
+            BackendError::Refused(r) => Fail::No(sanitize(&r)),
+        }
+    }
+}
+
+fn no<T>(text: &str) -> Result<T, Fail> {
+    Err(Fail::No(text.into()))
+}
+
+fn bad<T>(text: &str) -> Result<T, Fail> {
+    Err(Fail::Bad(text.into()))
+}
+
+/// Response text must not contain CR/LF (it comes partly from the backend).
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
+/// One IMAP session.
+pub struct Session<B> {
+    backend: Arc<B>,
+    throttle: Arc<Throttle>,
+    config: SessionConfig,
+    tls: bool,
+    state: State,
+    condstore: bool,
+    pending: Option<(Tag<'static>, PendingKind)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingKind {
+    Auth,
+    Idle,
+}
+
+impl<B: Backend> Session<B> {
+    /// A session; `tls` is whether the connection is already encrypted (implicit TLS).
+    pub fn new(backend: Arc<B>, throttle: Arc<Throttle>, config: SessionConfig, tls: bool) -> Self {
+        Session {
+            backend,
+            throttle,
+            config,
+            tls,
+            state: State::NotAuthenticated,
+            condstore: false,
+            pending: None,
+        }
+    }
+
+    /// The greeting line.
+    pub fn greeting(&self) -> Vec<u8> {
+        format!(
+            "* OK [CAPABILITY {}] {} IMAP4rev1 ready\r\n",
+            self.capabilities(),
+            sanitize(&self.config.hostname)
+        )
+        .into_bytes()
+    }
+
+    /// Whether the session has logged in (decides the idle timeout).
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.state, State::Authenticated(_) | State::Selected(..))
+    }
+
+    /// Whether TLS is active.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The server finished the STARTTLS handshake.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+    }
+
+    /// The capability list for the current state.
+    pub fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1"];
+        if matches!(self.state, State::NotAuthenticated) {
+            if self.tls {
+                caps.push("AUTH=PLAIN");
+                caps.push("SASL-IR");
+            } else {
+                if self.config.starttls {
+                    caps.push("STARTTLS");
+                }
+                caps.push("LOGINDISABLED");
+            }
+        }
+        caps.extend([
+            "LITERAL+",
+            "ID",
+            "ENABLE",
+            "IDLE",
+            "NAMESPACE",
+            "UNSELECT",
+            "MOVE",
+            "UIDPLUS",
+            "CONDSTORE",
+            "SPECIAL-USE",
+        ]);
+        caps.join(" ")
+    }
+
+    fn account(&self) -> Option<&Account> {
+        match &self.state {
+            State::Authenticated(a) | State::Selected(a, _) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Handles one command, appending the responses to `out`.
+    pub async fn handle(&mut self, command: Command<'_>, out: &mut Vec<u8>) -> Outcome {
+        let tag = command.tag.clone();
+        let mut text = String::from("completed");
+        match self.dispatch(command, out, &mut text).await {
+            Ok(outcome) => {
+                if outcome == Outcome::Continue
+                    || outcome == Outcome::Logout
+                    || outcome == Outcome::StartTls
+                {
+                    out.extend_from_slice(format!("{} OK {text}\r\n", tag.as_ref()).as_bytes());
+                }
+                outcome
+            }
+            Err(Fail::No(t)) => {
+                out.extend_from_slice(format!("{} NO {t}\r\n", tag.as_ref()).as_bytes());
+                Outcome::Continue
+            }
+            Err(Fail::Bad(t)) => {
+                out.extend_from_slice(format!("{} BAD {t}\r\n", tag.as_ref()).as_bytes());
+                Outcome::Continue
+            }
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        command: Command<'_>,
+        out: &mut Vec<u8>,
+        text: &mut String,
+    ) -> Result<Outcome, Fail> {
+        let tag = command.tag.clone().into_static();
+        match command.body {
+            CommandBody::Capability => {
+                out.extend_from_slice(
+                    format!("* CAPABILITY {}\r\n", self.capabilities()).as_bytes(),
+                );
+            }
+            CommandBody::Noop | CommandBody::Check => {
+                self.refresh(out).await?;
+            }
+            CommandBody::Logout => {
+                out.extend_from_slice(b"* BYE logging out\r\n");
+                self.state = State::Logout;
+                return Ok(Outcome::Logout);
+            }
+            CommandBody::StartTLS => {
+                if self.tls || !self.config.starttls {
+                    return bad("TLS is already active or not offered");
+                }
+                if !matches!(self.state, State::NotAuthenticated) {
+                    return bad("STARTTLS only before login");
+                }
+                *text = "Begin TLS negotiation now".into();
+                return Ok(Outcome::StartTls);
+            }
+            CommandBody::Login { username, password } => {
+                self.require_login_allowed()?;
+                let user = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login(&user, &pass, out).await?;
+                *text = "Logged in".into();
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                self.require_login_allowed()?;
+                if mechanism != AuthMechanism::Plain {
+                    return no("Unsupported mechanism (PLAIN only)");
+                }
+                match initial_response {
+                    Some(ir) => {
+                        self.plain(ir.declassify(), out).await?;
+                        *text = "Logged in".into();
+                    }
+                    None => {
+                        out.extend_from_slice(b"+ \r\n");
+                        self.pending = Some((tag, PendingKind::Auth));
+                        return Ok(Outcome::AuthContinue);
+                    }
+                }
+            }
+            CommandBody::Id { .. } => {
+                out.extend_from_slice(b"* ID (\"name\" \"tern\")\r\n");
+            }
+            CommandBody::Enable { capabilities } => {
+                self.account().ok_or(Fail::Bad("Log in first".into()))?;
+                let mut enabled = Vec::new();
+                for c in capabilities.as_ref() {
+                    if matches!(c, CapabilityEnable::CondStore) {
+                        self.condstore = true;
+                        enabled.push("CONDSTORE");
+                    }
+                }
+                out.extend_from_slice(
+                    format!(
+                        "* ENABLED{}\r\n",
+                        enabled.iter().map(|c| format!(" {c}")).collect::<String>()
+                    )
+                    .as_bytes(),
+                );
+            }
+            CommandBody::Namespace => {
+                self.account().ok_or(Fail::Bad("Log in first".into()))?;
+                out.extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+            }
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => {
+                let cs = parameters
+                    .iter()
+                    .any(|p| matches!(p, SelectParameter::CondStore));
+                *text = self.select(&mailbox, false, cs, out).await?;
+            }
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => {
+                let cs = parameters
+                    .iter()
+                    .any(|p| matches!(p, SelectParameter::CondStore));
+                *text = self.select(&mailbox, true, cs, out).await?;
+            }
+            CommandBody::Create { mailbox } => {
+                let account = self.logged_in()?;
+                let name = mailbox_name(&mailbox)?;
+                if name.eq_ignore_ascii_case("INBOX") {
+                    return no("[ALREADYEXISTS] INBOX always exists");
+                }
+                self.backend
+                    .create(&account, name.trim_end_matches('/'))
+                    .await?;
+            }
+            CommandBody::Delete { mailbox } => {
+                let account = self.logged_in()?;
+                let name = mailbox_name(&mailbox)?;
+                if name == "INBOX" {
+                    return no("INBOX cannot be deleted");
+                }
+                if self.selected_name() == Some(name.as_str()) {
+                    return no("Close the mailbox first");
+                }
+                self.backend.delete(&account, &name).await?;
+            }
+            CommandBody::Rename { from, to } => {
+                let account = self.logged_in()?;
+                let (from, to) = (mailbox_name(&from)?, mailbox_name(&to)?);
+                if to == "INBOX" {
+                    return no("[ALREADYEXISTS] INBOX always exists");
+                }
+                self.backend.rename(&account, &from, &to).await?;
+            }
+            CommandBody::Subscribe { mailbox } => {
+                let account = self.logged_in()?;
+                self.backend
+                    .subscribe(&account, &mailbox_name(&mailbox)?, true)
+                    .await?;
+            }
+            CommandBody::Unsubscribe { mailbox } => {
+                let account = self.logged_in()?;
+                self.backend
+                    .subscribe(&account, &mailbox_name(&mailbox)?, false)
+                    .await?;
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => {
+                self.list(&reference, &mailbox_wildcard, false, out).await?;
+            }
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => {
+                self.list(&reference, &mailbox_wildcard, true, out).await?;
+            }
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => {
+                let account = self.logged_in()?;
+                let name = mailbox_name(&mailbox)?;
+                let st = self.backend.status(&account, &name).await?;
+                let mut items = Vec::new();
+                for item in item_names.iter() {
+                    match item {
+                        StatusDataItemName::Messages => {
+                            items.push(format!("MESSAGES {}", st.messages))
+                        }
+                        StatusDataItemName::Recent => items.push("RECENT 0".into()),
+                        StatusDataItemName::UidNext => {
+                            items.push(format!("UIDNEXT {}", st.uid_next))
+                        }
+                        StatusDataItemName::UidValidity => {
+                            items.push(format!("UIDVALIDITY {}", st.uid_validity))
+                        }
+                        StatusDataItemName::Unseen => items.push(format!("UNSEEN {}", st.unseen)),
+                        StatusDataItemName::HighestModSeq => {
+                            items.push(format!("HIGHESTMODSEQ {}", st.highest_modseq))
+                        }
+                        _ => return bad("Unsupported STATUS item"),
+                    }
+                }
+                out.extend_from_slice(b"* STATUS ");
+                wire::string(out, name.as_bytes());
+                out.extend_from_slice(format!(" ({})\r\n", items.join(" ")).as_bytes());
+            }
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let account = self.logged_in()?;
+                let name = mailbox_name(&mailbox)?;
+                let data = match &message {
+                    LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
+                    LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
+                };
+                let flags = flags.iter().map(|f| f.to_string()).collect();
+                let date = match date {
+                    Some(d) => d.as_ref().timestamp(),
+                    None => now_secs(),
+                };
+                let (validity, uid) = self
+                    .backend
+                    .append(&account, &name, flags, date, data)
+                    .await
+                    .map_err(trycreate)?;
+                if self.selected_name() == Some(name.as_str()) {
+                    self.refresh(out).await?;
+                }
+                *text = format!("[APPENDUID {validity} {uid}] APPEND completed");
+            }
+            CommandBody::Close => {
+                let (account, sel) = self.selected()?;
+                if !sel.read_only {
+                    let name = sel.name.clone();
+                    let deleted = self.deleted_uids(&account, &name, None).await?;
+                    if !deleted.is_empty() {
+                        self.backend.expunge(&account, &name, &deleted).await?;
+                    }
+                }
+                self.state = State::Authenticated(account);
+            }
+            CommandBody::Unselect => {
+                let (account, _) = self.selected()?;
+                self.state = State::Authenticated(account);
+            }
+            CommandBody::Expunge => {
+                self.expunge(None, out).await?;
+            }
+            CommandBody::ExpungeUid { sequence_set } => {
+                self.expunge(Some(sequence_set), out).await?;
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                if let Some(c) = charset {
+                    let c = c.as_ref().to_ascii_uppercase();
+                    if c != "UTF-8" && c != "US-ASCII" {
+                        return no("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
+                    }
+                }
+                self.search(criteria.as_ref(), uid, out).await?;
+            }
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                modifiers,
+            } => {
+                let changed_since = modifiers.iter().find_map(|m| match m {
+                    FetchModifier::ChangedSince(v) => Some(v.get()),
+                    FetchModifier::Vanished => None,
+                });
+                self.fetch(&sequence_set, macro_or_item_names, uid, changed_since, out)
+                    .await?;
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                modifiers,
+            } => {
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(v)| *v)
+                    .next();
+                let op = match kind {
+                    StoreType::Replace => FlagOp::Replace,
+                    StoreType::Add => FlagOp::Add,
+                    StoreType::Remove => FlagOp::Remove,
+                };
+                let silent = response == StoreResponse::Silent;
+                if let Some(t) = self
+                    .store(&sequence_set, op, &flags, uid, silent, unchanged_since, out)
+                    .await?
+                {
+                    *text = t;
+                }
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                *text = self
+                    .transfer(&sequence_set, &mailbox, uid, false, out)
+                    .await?;
+            }
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => {
+                *text = self
+                    .transfer(&sequence_set, &mailbox, uid, true, out)
+                    .await?;
+            }
+            CommandBody::Idle => {
+                self.logged_in()?;
+                out.extend_from_slice(b"+ idling\r\n");
+                self.pending = Some((tag, PendingKind::Idle));
+                return Ok(Outcome::Idle);
+            }
+            _ => return bad("Command not supported"),
+        }
+        Ok(Outcome::Continue)
+    }
+
+    fn require_login_allowed(&self) -> Result<(), Fail> {
+        if !matches!(self.state, State::NotAuthenticated) {
+            return bad("Already logged in");
+        }
+        if !self.tls {
+            return no("[PRIVACYREQUIRED] LOGIN only after STARTTLS");
+        }
+        Ok(())
+    }
+
+    async fn login(&mut self, user: &str, password: &str, _out: &mut Vec<u8>) -> Result<(), Fail> {
+        let peer = self.config.peer;
+        if !self.throttle.auth_allowed(peer, user) {
+            return no("[AUTHENTICATIONFAILED] Too many failures, try later");
+        }
+        match self.backend.authenticate(user, password).await {
+            AuthVerdict::Ok(account) => {
+                self.state = State::Authenticated(account);
+                Ok(())
+            }
+            AuthVerdict::Invalid => {
+                self.throttle.auth_failed(peer, user);
+                no("[AUTHENTICATIONFAILED] Invalid credentials")
+            }
+            AuthVerdict::TempFail => no("[UNAVAILABLE] Temporary failure, try later"),
+        }
+    }
+
+    async fn plain(&mut self, response: &[u8], out: &mut Vec<u8>) -> Result<(), Fail> {
+        let mut parts = response.split(|&b| b == 0);
+        let (Some(authz), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return bad("Malformed PLAIN response");
+        };
+        let (Ok(authz), Ok(user), Ok(pass)) = (
+            std::str::from_utf8(authz),
+            std::str::from_utf8(user),
+            std::str::from_utf8(pass),
+        ) else {
+            return bad("Malformed PLAIN response");
+        };
+        if !authz.is_empty() && authz != user {
+            return no("[AUTHORIZATIONFAILED] Cannot act as another user");
+        }
+        self.login(user, pass, out).await
+    }
+
+    /// The client's SASL response to `AUTHENTICATE PLAIN` (`None`: it cancelled with `*`).
+    pub async fn auth_response(&mut self, response: Option<&[u8]>, out: &mut Vec<u8>) {
+        let Some((tag, PendingKind::Auth)) = self.pending.take() else {
+            return;
+        };
+        let result = match response {
+            None => Err(Fail::Bad("Authentication cancelled".into())),
+            Some(r) => self.plain(r, out).await,
+        };
+        let line = match result {
+            Ok(()) => format!("{} OK Logged in\r\n", tag.as_ref()),
+            Err(Fail::No(t)) => format!("{} NO {t}\r\n", tag.as_ref()),
+            Err(Fail::Bad(t)) => format!("{} BAD {t}\r\n", tag.as_ref()),
+        };
+        out.extend_from_slice(line.as_bytes());
+    }
+
+    /// The change notification IDLE waits on.
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
+        self.account().map(|a| self.backend.changes(a))
+    }
+
+    /// During IDLE: the store changed; sends the updates.
+    pub async fn idle_refresh(&mut self, out: &mut Vec<u8>) {
+        if let Err(Fail::No(t) | Fail::Bad(t)) = self.refresh(out).await {
+            out.extend_from_slice(format!("* NO {t}\r\n").as_bytes());
+        }
+    }
+
+    /// The client ended IDLE (`ok`: with `DONE`; otherwise with something else).
+    pub fn idle_done(&mut self, ok: bool, out: &mut Vec<u8>) {
+        if let Some((tag, PendingKind::Idle)) = self.pending.take() {
+            let line = if ok {
+                format!("{} OK IDLE terminated\r\n", tag.as_ref())
+            } else {
+                format!("{} BAD Expected DONE\r\n", tag.as_ref())
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
+    }
+
+    fn logged_in(&self) -> Result<Account, Fail> {
+        self.account()
+            .cloned()
+            .ok_or(Fail::Bad("Log in first".into()))
+    }
+
+    fn selected(&self) -> Result<(Account, &Selected), Fail> {
+        match &self.state {
+            State::Selected(a, s) => Ok((a.clone(), s)),
+            _ => bad("No mailbox selected"),
+        }
+    }
+
+    fn selected_name(&self) -> Option<&str> {
+        match &self.state {
+            State::Selected(_, s) => Some(&s.name),
+            _ => None,
+        }
+    }
+
+    async fn all_messages(&self, account: &Account, name: &str) -> Result<Vec<MessageMeta>, Fail> {
+        Ok(self.backend.messages(account, name, 1..=u32::MAX).await?)
+    }
+
+    async fn select(
+        &mut self,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        condstore: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<String, Fail> {
+        let account = self.logged_in()?;
+        let name = mailbox_name(mailbox)?;
+        if matches!(self.state, State::Selected(..)) {
+            self.state = State::Authenticated(account.clone());
+            out.extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
+        }
+        let status = self.backend.status(&account, &name).await?;
+        let metas = self.all_messages(&account, &name).await?;
+        self.condstore |= condstore;
+        out.extend_from_slice(format!("* FLAGS ({SYSTEM_FLAGS})\r\n").as_bytes());
+        if read_only {
+            out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only\r\n");
+        } else {
+            out.extend_from_slice(
+                format!("* OK [PERMANENTFLAGS ({SYSTEM_FLAGS} \\*)] Flags permitted\r\n")
+                    .as_bytes(),
+            );
+        }
+        out.extend_from_slice(format!("* {} EXISTS\r\n* 0 RECENT\r\n", metas.len()).as_bytes());
+        out.extend_from_slice(
+            format!("* OK [UIDVALIDITY {}] UIDs valid\r\n", status.uid_validity).as_bytes(),
+        );
+        out.extend_from_slice(
+            format!("* OK [UIDNEXT {}] Predicted next UID\r\n", status.uid_next).as_bytes(),
+        );
+        out.extend_from_slice(
+            format!("* OK [HIGHESTMODSEQ {}] Highest\r\n", status.highest_modseq).as_bytes(),
+        );
+        self.state = State::Selected(
+            account,
+            Selected {
+                name,
+                read_only,
+                messages: metas.iter().map(|m| (m.uid, m.modseq)).collect(),
+            },
+        );
+        Ok(if read_only {
+            "[READ-ONLY] EXAMINE completed".into()
+        } else {
+            "[READ-WRITE] SELECT completed".into()
+        })
+    }
+
+    async fn list(
+        &mut self,
+        reference: &Mailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
+        let account = self.logged_in()?;
+        let reference = match reference {
+            Mailbox::Inbox => "INBOX".to_string(),
+            Mailbox::Other(o) => utf8(o.as_ref())?,
+        };
+        let pattern = match pattern {
+            ListMailbox::Token(t) => utf8(t.as_ref())?,
+            ListMailbox::String(s) => utf8(s.as_ref())?,
+        };
+        let kind = if lsub { "LSUB" } else { "LIST" };
+        if pattern.is_empty() && !lsub {
+            out.extend_from_slice(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
+            return Ok(());
+        }
+        let full = format!("{reference}{pattern}");
+        let boxes = self.backend.list(&account).await?;
+        for b in &boxes {
+            if lsub && !b.subscribed {
+                continue;
+            }
+            if !pattern_matches(full.as_bytes(), b.name.as_bytes()) {
+                continue;
+            }
+            let children = boxes.iter().any(|o| {
+                o.name.len() > b.name.len()
+                    && o.name.starts_with(&b.name)
+                    && o.name.as_bytes()[b.name.len()] == b'/'
+            });
+            let mut attrs = vec![if children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            }];
+            if let Some(su) = b.special_use {
+                attrs.push(su.attribute());
+            }
+            if b.subscribed && !lsub {
+                attrs.push("\\Subscribed");
+            }
+            out.extend_from_slice(format!("* {kind} ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            wire::string(out, b.name.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(())
+    }
+
+    /// Re-reads the selected mailbox and reports expunges, new messages and flag changes.
+    async fn refresh(&mut self, out: &mut Vec<u8>) -> Result<(), Fail> {
+        let State::Selected(account, sel) = &self.state else {
+            return Ok(());
+        };
+        let metas = self.all_messages(account, &sel.name).await?;
+        let State::Selected(_, sel) = &mut self.state else {
+            return Ok(());
+        };
+        let present: std::collections::HashSet<u32> = metas.iter().map(|m| m.uid).collect();
+        for i in (0..sel.messages.len()).rev() {
+            if !present.contains(&sel.messages[i].0) {
+                sel.messages.remove(i);
+                out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+            }
+        }
+        let known_max = sel.messages.last().map_or(0, |m| m.0);
+        let before = sel.messages.len();
+        let mut changed = Vec::new();
+        let mut seq = 0;
+        for m in &metas {
+            if m.uid > known_max {
+                sel.messages.push((m.uid, m.modseq));
+                continue;
+            }
+            while seq < sel.messages.len() && sel.messages[seq].0 < m.uid {
+                seq += 1;
+            }
+            if seq < sel.messages.len()
+                && sel.messages[seq].0 == m.uid
+                && sel.messages[seq].1 != m.modseq
+            {
+                sel.messages[seq].1 = m.modseq;
+                changed.push((seq + 1, m));
+            }
+        }
+        if sel.messages.len() != before {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", sel.messages.len()).as_bytes());
+        }
+        for (seq, m) in changed {
+            self.fetch_flags_line(seq, m, out);
+        }
+        Ok(())
+    }
+
+    fn fetch_flags_line(&self, seq: usize, m: &MessageMeta, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("* {seq} FETCH (UID {} FLAGS ", m.uid).as_bytes());
+        wire::flags(out, &m.flags);
+        if self.condstore {
+            out.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+        }
+        out.extend_from_slice(b")\r\n");
+    }
+
+    /// `(sequence number, uid)` of the selected messages in `set`.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(usize, u32)>, Fail> {
+        let State::Selected(_, sel) = &self.state else {
+            return bad("No mailbox selected");
+        };
+        let msgs = &sel.messages;
+        if uid {
+            let largest = msgs.last().map_or(0, |m| m.0);
+            Ok(msgs
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| set_contains(set, m.0, largest))
+                .map(|(i, m)| (i + 1, m.0))
+                .collect())
+        } else {
+            let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+            for seq in set.0.as_ref() {
+                let values = match seq {
+                    Sequence::Single(v) => vec![v],
+                    Sequence::Range(a, b) => vec![a, b],
+                };
+                for v in values {
+                    if let SeqOrUid::Value(n) = v {
+                        if n.get() > count {
+                            return bad("Invalid message sequence number");
+                        }
+                    } else if count == 0 {
+                        return bad("Invalid message sequence number (mailbox is empty)");
+                    }
+                }
+            }
+            Ok(msgs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| set_contains(set, *i as u32 + 1, count))
+                .map(|(i, m)| (i + 1, m.0))
+                .collect())
+        }
+    }
+
+    async fn metas_for(
+        &self,
+        account: &Account,
+        name: &str,
+        targets: &[(usize, u32)],
+    ) -> Result<Vec<(usize, MessageMeta)>, Fail> {
+        let (Some(first), Some(last)) = (targets.first(), targets.last()) else {
+            return Ok(Vec::new());
+        };
+        let metas = self
+            .backend
+            .messages(account, name, first.1..=last.1)
+            .await?;
+        let mut by_uid: std::collections::HashMap<u32, MessageMeta> =
+            metas.into_iter().map(|m| (m.uid, m)).collect();
+        Ok(targets
+            .iter()
+            .filter_map(|(seq, uid)| by_uid.remove(uid).map(|m| (*seq, m)))
+            .collect())
+    }
+
+    async fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        changed_since: Option<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
+        let (account, sel) = self.selected()?;
+        let (name, read_only) = (sel.name.clone(), sel.read_only);
+        let targets = self.resolve(set, uid)?;
+        let mut names = match items {
+            MacroOrMessageDataItemNames::Macro(m) => {
+                m.expand().into_iter().map(|n| n.into_static()).collect()
+            }
+            MacroOrMessageDataItemNames::MessageDataItemNames(n) => {
+                n.into_iter().map(|n| n.into_static()).collect::<Vec<_>>()
+            }
+        };
+        for n in &names {
+            if matches!(
+                n,
+                MessageDataItemName::Envelope
+                    | MessageDataItemName::BodyStructure
+                    | MessageDataItemName::Body
+                    | MessageDataItemName::Binary { .. }
+                    | MessageDataItemName::BinarySize { .. }
+            ) {
+                return no("ENVELOPE, BODYSTRUCTURE and BINARY are not supported yet");
+            }
+            if let MessageDataItemName::BodyExt {
+                section: Some(section),
+                ..
+            } = n
+            {
+                let supported = match section {
+                    Section::Header(None)
+                    | Section::Text(None)
+                    | Section::HeaderFields(None, _)
+                    | Section::HeaderFieldsNot(None, _) => true,
+                    Section::Part(p) => p.0.as_ref() == [std::num::NonZeroU32::MIN],
+                    _ => false,
+                };
+                if !supported {
+                    return no("This body section is not supported yet");
+                }
+            }
+        }
+        if changed_since.is_some()
+            || names
+                .iter()
+                .any(|n| matches!(n, MessageDataItemName::ModSeq))
+        {
+            self.condstore = true;
+        }
+        if uid && !names.iter().any(|n| matches!(n, MessageDataItemName::Uid)) {
+            names.insert(0, MessageDataItemName::Uid);
+        }
+        let mut metas = self.metas_for(&account, &name, &targets).await?;
+        if let Some(since) = changed_since {
+            metas.retain(|(_, m)| m.modseq > since);
+        }
+        let sets_seen = !read_only
+            && names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+        let mut add_flags = false;
+        if sets_seen {
+            let unseen: Vec<u32> = metas
+                .iter()
+                .filter(|(_, m)| !has_flag(m, "\\Seen"))
+                .map(|(_, m)| m.uid)
+                .collect();
+            if !unseen.is_empty() {
+                let outcome = self
+                    .backend
+                    .store(
+                        &account,
+                        &name,
+                        &unseen,
+                        FlagOp::Add,
+                        &["\\Seen".to_string()],
+                        None,
+                    )
+                    .await?;
+                for u in outcome.updated {
+                    if let Some((_, m)) = metas.iter_mut().find(|(_, m)| m.uid == u.uid) {
+                        *m = u;
+                    }
+                }
+                add_flags = !names
+                    .iter()
+                    .any(|n| matches!(n, MessageDataItemName::Flags));
+            }
+        }
+        if self.condstore
+            && !names
+                .iter()
+                .any(|n| matches!(n, MessageDataItemName::ModSeq))
+        {
+            names.push(MessageDataItemName::ModSeq);
+        }
+        if add_flags {
+            names.push(MessageDataItemName::Flags);
+        }
+        for (seq, meta) in &metas {
+            let needs_body = names.iter().any(|n| {
+                matches!(
+                    n,
+                    MessageDataItemName::BodyExt { .. }
+                        | MessageDataItemName::Rfc822
+                        | MessageDataItemName::Rfc822Header
+                        | MessageDataItemName::Rfc822Text
+                )
+            });
+            let body = if needs_body {
+                match self.backend.message(&account, &name, meta.uid).await? {
+                    Some(b) => b,
+                    None => continue,
+                }
+            } else {
+                Vec::new()
+            };
+            out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+            for (i, n) in names.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                fetch_item(n, meta, &body, out);
+            }
+            out.extend_from_slice(b")\r\n");
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &mut self,
+        set: &SequenceSet,
+        op: FlagOp,
+        flags: &[Flag<'_>],
+        uid: bool,
+        silent: bool,
+        unchanged_since: Option<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<String>, Fail> {
+        let (account, sel) = self.selected()?;
+        if sel.read_only {
+            return no("[READ-ONLY] Mailbox is read-only");
+        }
+        let name = sel.name.clone();
+        let targets = self.resolve(set, uid)?;
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        if uids.is_empty() {
+            return Ok(None);
+        }
+        let outcome = self
+            .backend
+            .store(&account, &name, &uids, op, &flags, unchanged_since)
+            .await?;
+        let State::Selected(_, sel) = &mut self.state else {
+            return Ok(None);
+        };
+        for m in &outcome.updated {
+            if let Some(seq) = targets.iter().find(|t| t.1 == m.uid).map(|t| t.0) {
+                sel.messages[seq - 1].1 = m.modseq;
+            }
+        }
+        if !silent || self.condstore {
+            for m in &outcome.updated {
+                if let Some(seq) = targets.iter().find(|t| t.1 == m.uid).map(|t| t.0) {
+                    if silent {
+                        out.extend_from_slice(
+                            format!("* {seq} FETCH (UID {} MODSEQ ({}))\r\n", m.uid, m.modseq)
+                                .as_bytes(),
+                        );
+                    } else {
+                        self.fetch_flags_line(seq, m, out);
+                    }
+                }
+            }
+        }
+        if outcome.modified.is_empty() {
+            return Ok(None);
+        }
+        let modified: Vec<String> = if uid {
+            outcome.modified.iter().map(u32::to_string).collect()
+        } else {
+            outcome
+                .modified
+                .iter()
+                .filter_map(|u| targets.iter().find(|t| t.1 == *u))
+                .map(|t| t.0.to_string())
+                .collect()
+        };
+        Ok(Some(format!(
+            "[MODIFIED {}] Conditional STORE failed for some messages",
+            modified.join(",")
+        )))
+    }
+
+    async fn deleted_uids(
+        &self,
+        account: &Account,
+        name: &str,
+        within: Option<&SequenceSet>,
+    ) -> Result<Vec<u32>, Fail> {
+        let metas = self.all_messages(account, name).await?;
+        let largest = metas.last().map_or(0, |m| m.uid);
+        Ok(metas
+            .iter()
+            .filter(|m| has_flag(m, "\\Deleted"))
+            .filter(|m| within.is_none_or(|s| set_contains(s, m.uid, largest)))
+            .map(|m| m.uid)
+            .collect())
+    }
+
+    async fn expunge(
+        &mut self,
+        within: Option<SequenceSet>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
+        let (account, sel) = self.selected()?;
+        if sel.read_only {
+            return no("[READ-ONLY] Mailbox is read-only");
+        }
+        let name = sel.name.clone();
+        let uids = self.deleted_uids(&account, &name, within.as_ref()).await?;
+        if !uids.is_empty() {
+            self.backend.expunge(&account, &name, &uids).await?;
+        }
+        self.refresh(out).await
+    }
+
+    async fn transfer(
+        &mut self,
+        set: &SequenceSet,
+        mailbox: &Mailbox<'_>,
+        uid: bool,
+        remove: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<String, Fail> {
+        let (account, sel) = self.selected()?;
+        if remove && sel.read_only {
+            return no("[READ-ONLY] Mailbox is read-only");
+        }
+        let from = sel.name.clone();
+        let to = mailbox_name(mailbox)?;
+        let targets = self.resolve(set, uid)?;
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        if uids.is_empty() {
+            return Ok("No messages".into());
+        }
+        let (validity, pairs) = if remove {
+            self.backend
+                .move_messages(&account, &from, &uids, &to)
+                .await
+        } else {
+            self.backend.copy(&account, &from, &uids, &to).await
+        }
+        .map_err(trycreate)?;
+        let code = if pairs.is_empty() {
+            String::new()
+        } else {
+            let src: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
+            let dst: Vec<String> = pairs.iter().map(|p| p.1.to_string()).collect();
+            format!("[COPYUID {validity} {} {}] ", src.join(","), dst.join(","))
+        };
+        if remove {
+            out.extend_from_slice(format!("* OK {code}Moved\r\n").as_bytes());
+        }
+        self.refresh(out).await?;
+        Ok(if remove {
+            "MOVE completed".into()
+        } else {
+            format!("{code}COPY completed")
+        })
+    }
+
+    async fn search(
+        &mut self,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
+        let (account, sel) = self.selected()?;
+        let name = sel.name.clone();
+        let count = sel.messages.len();
+        let all: Vec<(usize, u32)> = sel
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i + 1, m.0))
+            .collect();
+        let largest_uid = all.last().map_or(0, |m| m.1);
+        let metas = self.metas_for(&account, &name, &all).await?;
+        let mut ctx = SearchCtx {
+            count: count as u32,
+            largest_uid,
+            body: None,
+        };
+        let mut hits = Vec::new();
+        let mut max_modseq = 0;
+        let uses_modseq = criteria.iter().any(uses_modseq);
+        for (seq, meta) in &metas {
+            ctx.body = None;
+            let mut all_match = true;
+            for key in criteria {
+                if !self
+                    .matches(key, *seq, meta, &account, &name, &mut ctx)
+                    .await?
+                {
+                    all_match = false;
+                    break;
+                }
+            }
+            if all_match {
+                hits.push(if uid { meta.uid as usize } else { *seq });
+                max_modseq = max_modseq.max(meta.modseq);
+            }
+        }
+        out.extend_from_slice(b"* SEARCH");
+        for h in &hits {
+            out.extend_from_slice(format!(" {h}").as_bytes());
+        }
+        if uses_modseq && !hits.is_empty() {
+            out.extend_from_slice(format!(" (MODSEQ {max_modseq})").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn matches<'s>(
+        &'s self,
+        key: &'s SearchKey<'_>,
+        seq: usize,
+        meta: &'s MessageMeta,
+        account: &'s Account,
+        name: &'s str,
+        ctx: &'s mut SearchCtx,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, Fail>> + Send + 's>> {
+        Box::pin(async move {
+            let flag = |f: &str| has_flag(meta, f);
+            let day = meta.internal_date.div_euclid(86_400);
+            Ok(match key {
+                SearchKey::And(keys) => {
+                    for k in keys.as_ref() {
+                        if !self.matches(k, seq, meta, account, name, ctx).await? {
+                            return Ok(false);
+                        }
+                    }
+                    true
+                }
+                SearchKey::Not(k) => !self.matches(k, seq, meta, account, name, ctx).await?,
+                SearchKey::Or(a, b) => {
+                    self.matches(a, seq, meta, account, name, ctx).await?
+                        || self.matches(b, seq, meta, account, name, ctx).await?
+                }
+                SearchKey::SequenceSet(s) => set_contains(s, seq as u32, ctx.count),
+                SearchKey::Uid(s) => set_contains(s, meta.uid, ctx.largest_uid),
+                SearchKey::All => true,
+                SearchKey::Answered => flag("\\Answered"),
+                SearchKey::Unanswered => !flag("\\Answered"),
+                SearchKey::Deleted => flag("\\Deleted"),
+                SearchKey::Undeleted => !flag("\\Deleted"),
+                SearchKey::Draft => flag("\\Draft"),
+                SearchKey::Undraft => !flag("\\Draft"),
+                SearchKey::Flagged => flag("\\Flagged"),
+                SearchKey::Unflagged => !flag("\\Flagged"),
+                SearchKey::Seen => flag("\\Seen"),
+                SearchKey::Unseen => !flag("\\Seen"),
+                SearchKey::Keyword(k) => flag(k.as_ref()),
+                SearchKey::Unkeyword(k) => !flag(k.as_ref()),
+                SearchKey::Recent | SearchKey::New => false,
+                SearchKey::Old => true,
+                SearchKey::Larger(n) => meta.size > *n,
+                SearchKey::Smaller(n) => meta.size < *n,
+                SearchKey::Since(d) => day >= iso_days(&d.as_ref().to_string())?,
+                SearchKey::Before(d) => day < iso_days(&d.as_ref().to_string())?,
+                SearchKey::On(d) => day == iso_days(&d.as_ref().to_string())?,
+                SearchKey::ModSequence { modseq, .. } => meta.modseq >= *modseq,
+                SearchKey::Header(field, value) => {
+                    let body = ctx.load(self, account, name, meta.uid).await?;
+                    header_contains(body, &utf8(field.as_ref())?, value.as_ref())
+                }
+                SearchKey::Subject(v)
+                | SearchKey::From(v)
+                | SearchKey::To(v)
+                | SearchKey::Cc(v)
+                | SearchKey::Bcc(v) => {
+                    let field = match key {
+                        SearchKey::Subject(_) => "Subject",
+                        SearchKey::From(_) => "From",
+                        SearchKey::To(_) => "To",
+                        SearchKey::Cc(_) => "Cc",
+                        _ => "Bcc",
+                    };
+                    let body = ctx.load(self, account, name, meta.uid).await?;
+                    header_contains(body, field, v.as_ref())
+                }
+                SearchKey::Body(v) => {
+                    let body = ctx.load(self, account, name, meta.uid).await?;
+                    let (_, text) = split_header(body);
+                    contains_ci(text, v.as_ref())
+                }
+                SearchKey::Text(v) => {
+                    let body = ctx.load(self, account, name, meta.uid).await?;
+                    contains_ci(body, v.as_ref())
+                }
+                _ => return bad("Unsupported search key"),
+            })
+        })
+    }
+}
+
+use std::future::Future;
+
+struct SearchCtx {
+    count: u32,
+    largest_uid: u32,
+    body: Option<Vec<u8>>,
+}
+
+impl SearchCtx {
+    async fn load<B: Backend>(
+        &mut self,
+        session: &Session<B>,
+        account: &Account,
+        name: &str,
+        uid: u32,
+    ) -> Result<&[u8], Fail> {
+        if self.body.is_none() {
+            self.body = Some(
+                session
+                    .backend
+                    .message(account, name, uid)
+                    .await?
+                    .unwrap_or_default(),
+            );
+        }
+        Ok(self.body.as_deref().unwrap_or_default())
+    }
+}
+
+fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::ModSequence { .. } => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(uses_modseq),
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        _ => false,
+    }
+}
+
+fn iso_days(s: &str) -> Result<i64, Fail> {
+    wire::days_of_iso_date(s).ok_or(Fail::Bad("Invalid date".into()))
+}
+
+fn trycreate(e: BackendError) -> Fail {
+    match e {
+        BackendError::NoMailbox => Fail::No("[TRYCREATE] No such mailbox".into()),
+        e => e.into(),
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn utf8(b: &[u8]) -> Result<String, Fail> {
+    String::from_utf8(b.to_vec()).map_err(|_| Fail::Bad("Invalid UTF-8".into()))
+}
+
+fn mailbox_name(m: &Mailbox<'_>) -> Result<String, Fail> {
+    match m {
+        Mailbox::Inbox => Ok("INBOX".into()),
+        Mailbox::Other(o) => {
+            let name = utf8(o.as_ref())?;
+            if name.is_empty()
+                || name.chars().any(char::is_control)
+                || name.split('/').any(str::is_empty) && !name.ends_with('/')
+            {
+                return bad("Invalid mailbox name");
+            }
+            Ok(name)
+        }
+    }
+}
+
+fn has_flag(m: &MessageMeta, f: &str) -> bool {
+    m.flags.iter().any(|x| x.eq_ignore_ascii_case(f))
+}
+
+/// Whether `value` is in `set`, `*` standing for `largest`.
+pub fn set_contains(set: &SequenceSet, value: u32, largest: u32) -> bool {
+    let v = |s: &SeqOrUid| match s {
+        SeqOrUid::Value(n) => n.get(),
+        SeqOrUid::Asterisk => largest,
+    };
+    set.0.as_ref().iter().any(|s| match s {
+        Sequence::Single(x) => v(x) == value,
+        Sequence::Range(a, b) => {
+            let (lo, hi) = (v(a).min(v(b)), v(a).max(v(b)));
+            (lo..=hi).contains(&value)
+        }
+    })
+}
+
+/// LIST pattern matching: `*` matches anything, `%` anything but the delimiter `/`.
+pub fn pattern_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| pattern_matches(rest, &name[i..])),
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name[i - 1] != b'/')
+            .any(|i| pattern_matches(rest, &name[i..])),
+        Some((c, rest)) => {
+            name.first().is_some_and(|n| n == c) && pattern_matches(rest, &name[1..])
+        }
+    }
+}
+
+fn split_header(body: &[u8]) -> (&[u8], &[u8]) {
+    match body.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => body.split_at(i + 4),
+        None => match body.windows(2).position(|w| w == b"\n\n") {
+            Some(i) => body.split_at(i + 2),
+            None => (body, &[]),
+        },
+    }
+}
+
+/// The header fields of `header` (with continuation lines), as `(name, whole field)`.
+fn header_fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
+    let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < header.len() {
+        let end = header[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(header.len(), |p| i + p + 1);
+        let next_continues = header.get(end).is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !next_continues {
+            let field = &header[start..end];
+            if let Some(colon) = field.iter().position(|&b| b == b':') {
+                fields.push((&field[..colon], field));
+            }
+            start = end;
+        }
+        i = end;
+    }
+    fields
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+fn header_contains(body: &[u8], field: &str, value: &[u8]) -> bool {
+    let (header, _) = split_header(body);
+    header_fields(header).iter().any(|(name, whole)| {
+        name.trim_ascii().eq_ignore_ascii_case(field.as_bytes())
+            && contains_ci(&whole[name.len() + 1..], value)
+    })
+}
+
+fn fetch_item(n: &MessageDataItemName<'_>, meta: &MessageMeta, body: &[u8], out: &mut Vec<u8>) {
+    match n {
+        MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
+        MessageDataItemName::Flags => {
+            out.extend_from_slice(b"FLAGS ");
+            wire::flags(out, &meta.flags);
+        }
+        MessageDataItemName::InternalDate => {
+            out.extend_from_slice(
+                format!("INTERNALDATE {}", wire::internal_date(meta.internal_date)).as_bytes(),
+            );
+        }
+        MessageDataItemName::Rfc822Size => {
+            out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes())
+        }
+        MessageDataItemName::ModSeq => {
+            out.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes())
+        }
+        MessageDataItemName::Rfc822 => {
+            out.extend_from_slice(b"RFC822 ");
+            wire::literal(out, body);
+        }
+        MessageDataItemName::Rfc822Header => {
+            out.extend_from_slice(b"RFC822.HEADER ");
+            wire::literal(out, split_header(body).0);
+        }
+        MessageDataItemName::Rfc822Text => {
+            out.extend_from_slice(b"RFC822.TEXT ");
+            wire::literal(out, split_header(body).1);
+        }
+        MessageDataItemName::BodyExt {
+            section, partial, ..
+        } => {
+            let (label, data): (String, Vec<u8>) = match section {
+                None => (String::new(), body.to_vec()),
+                Some(Section::Header(None)) => ("HEADER".into(), split_header(body).0.to_vec()),
+                Some(Section::Text(None)) => ("TEXT".into(), split_header(body).1.to_vec()),
+                Some(Section::HeaderFields(None, names))
+                | Some(Section::HeaderFieldsNot(None, names)) => {
+                    let not = matches!(section, Some(Section::HeaderFieldsNot(..)));
+                    let wanted: Vec<&[u8]> = names.as_ref().iter().map(|a| a.as_ref()).collect();
+                    let mut data = Vec::new();
+                    for (name, whole) in header_fields(split_header(body).0) {
+                        let hit = wanted
+                            .iter()
+                            .any(|w| w.eq_ignore_ascii_case(name.trim_ascii()));
+                        if hit != not {
+                            data.extend_from_slice(whole);
+                        }
+                    }
+                    data.extend_from_slice(b"\r\n");
+                    let list: Vec<String> = wanted
+                        .iter()
+                        .map(|w| String::from_utf8_lossy(w).into_owned())
+                        .collect();
+                    let mut label = if not {
+                        "HEADER.FIELDS.NOT (".to_string()
+                    } else {
+                        "HEADER.FIELDS (".to_string()
+                    };
+                    let mut quoted = Vec::new();
+                    for (i, w) in list.iter().enumerate() {
+                        if i > 0 {
+                            quoted.push(b' ');
+                        }
+                        wire::string(&mut quoted, w.as_bytes());
+                    }
+                    label.push_str(&String::from_utf8_lossy(&quoted));
+                    label.push(')');
+                    (label, data)
+                }
+                // Part numbers need the MIME structure: section 1 of a single-part message
+                // is its text; deeper parts are not served yet (empty).
+                Some(Section::Part(p)) if p.0.as_ref() == [std::num::NonZeroU32::MIN] => {
+                    ("1".into(), split_header(body).1.to_vec())
+                }
+                Some(_) => ("1".into(), split_header(body).1.to_vec()),
+            };
+            out.extend_from_slice(format!("BODY[{label}]").as_bytes());
+            match partial {
+                Some((origin, len)) => {
+                    let start = (*origin as usize).min(data.len());
+                    let end = start.saturating_add(len.get() as usize).min(data.len());
+                    out.extend_from_slice(format!("<{origin}> ").as_bytes());
+                    wire::literal(out, &data[start..end]);
+                }
+                None => {
+                    out.push(b' ');
+                    wire::literal(out, &data);
+                }
+            }
+        }
+        // Refused before any output by `fetch`.
+        _ => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::memory::MemoryBackend;
+    use imap_codec::CommandCodec;
+    use imap_codec::decode::Decoder;
+
+    fn session(tls: bool) -> (Arc<MemoryBackend>, Session<MemoryBackend>) {
+        let backend = Arc::new(MemoryBackend::new());
+        backend.add_account("alice", "secret");
+        let config = SessionConfig {
+            hostname: "imap.test".into(),
+            starttls: true,
+            peer: "192.0.2.9".parse().unwrap(),
+        };
+        let s = Session::new(
+            Arc::clone(&backend),
+            Throttle::new(Limits::default()),
+            config,
+            tls,
+        );
+        (backend, s)
+    }
+
+    async fn run(s: &mut Session<MemoryBackend>, line: &str) -> String {
+        let (_, command) = CommandCodec::default()
+            .decode(line.as_bytes())
+            .expect("parses");
+        let mut out = Vec::new();
+        s.handle(command, &mut out).await;
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn login_needs_tls_and_state_rules_hold() {
+        let (_, mut s) = session(false);
+        assert!(
+            run(&mut s, "a LOGIN alice secret\r\n")
+                .await
+                .starts_with("a NO [PRIVACYREQUIRED]")
+        );
+        assert!(run(&mut s, "b SELECT INBOX\r\n").await.starts_with("b BAD"));
+        let (_, mut s) = session(true);
+        assert!(
+            run(&mut s, "c AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\n")
+                .await
+                .starts_with("c OK")
+        );
+        assert!(
+            run(&mut s, "d FETCH 1 FLAGS\r\n")
+                .await
+                .starts_with("d BAD No mailbox selected")
+        );
+        assert!(
+            run(&mut s, "e LOGIN alice secret\r\n")
+                .await
+                .starts_with("e BAD")
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_unavailable_is_no_unavailable() {
+        let (backend, mut s) = session(true);
+        run(&mut s, "a LOGIN alice secret\r\n").await;
+        backend.set_unavailable(true);
+        assert!(
+            run(&mut s, "b SELECT INBOX\r\n")
+                .await
+                .contains("b NO [UNAVAILABLE]")
+        );
+        backend.set_unavailable(false);
+        assert!(
+            run(&mut s, "c SELECT INBOX\r\n")
+                .await
+                .contains("c OK [READ-WRITE]")
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_store_search_expunge_by_sequence_and_uid() {
+        let (backend, mut s) = session(true);
+        run(&mut s, "a LOGIN alice secret\r\n").await;
+        for body in [
+            "Subject: one\r\n\r\nhello\r\n",
+            "Subject: two\r\n\r\nworld\r\n",
+            "Subject: three\r\n\r\n!\r\n",
+        ] {
+            backend.deliver("alice", "INBOX", body.as_bytes()).unwrap();
+        }
+        let out = run(&mut s, "b SELECT INBOX\r\n").await;
+        assert!(
+            out.contains("* 3 EXISTS") && out.contains("[UIDNEXT 4]"),
+            "{out}"
+        );
+        let out = run(&mut s, "c UID FETCH 2:* (FLAGS BODY.PEEK[HEADER])\r\n").await;
+        assert!(
+            out.contains("* 2 FETCH (UID 2 FLAGS () BODY[HEADER] {16}\r\nSubject: two\r\n\r\n)"),
+            "{out}"
+        );
+        assert!(out.contains("* 3 FETCH (UID 3"), "{out}");
+        let out = run(&mut s, "d STORE 1:2 +FLAGS.SILENT (\\Deleted)\r\n").await;
+        assert_eq!(out, "d OK completed\r\n");
+        let out = run(&mut s, "e SEARCH DELETED\r\n").await;
+        assert!(out.starts_with("* SEARCH 1 2\r\n"), "{out}");
+        let out = run(&mut s, "f UID EXPUNGE 2\r\n").await;
+        assert!(out.starts_with("* 2 EXPUNGE\r\nf OK"), "{out}");
+        let out = run(&mut s, "g FETCH 2 UID\r\n").await;
+        assert!(out.starts_with("* 2 FETCH (UID 3)"), "{out}");
+        assert!(
+            run(&mut s, "h FETCH 3 UID\r\n")
+                .await
+                .starts_with("h BAD Invalid message sequence number")
+        );
+        let out = run(&mut s, "i EXAMINE INBOX\r\n").await;
+        assert!(
+            out.contains("[CLOSED]") && out.contains("i OK [READ-ONLY]"),
+            "{out}"
+        );
+        assert!(
+            run(&mut s, "j STORE 1 +FLAGS (\\Seen)\r\n")
+                .await
+                .starts_with("j NO [READ-ONLY]")
+        );
+    }
+
+    #[test]
+    fn list_patterns_and_sets() {
+        assert!(pattern_matches(b"*", b"a/b"));
+        assert!(pattern_matches(b"%", b"INBOX"));
+        assert!(!pattern_matches(b"%", b"a/b"));
+        assert!(pattern_matches(b"a/%", b"a/b"));
+        let set: SequenceSet = "2:4,7,9:*".parse().unwrap();
+        assert!(
+            set_contains(&set, 3, 20) && set_contains(&set, 7, 20) && set_contains(&set, 20, 20)
+        );
+        assert!(!set_contains(&set, 5, 20) && !set_contains(&set, 8, 20));
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tern_gossip::crypto::DropReason;
 
-use super::handle::{MemberState, Snapshot};
+use super::handle::{MemberState, MemberView, Snapshot};
 
 /// Label of packets that opened but did not decode as a gossip message (a peer of another
 /// version or a bug: only key holders can produce them).
@@ -62,6 +62,70 @@ impl Metrics {
             .map_or(0, |i| self.dropped[i].load(Ordering::Relaxed))
     }
 
+    /// One series per known member, labelled by node name: its state (1 for the state it is
+    /// in), phi, and load figures; `tern_gossip_member_info` carries pool and version.
+    fn render_members(&self, snapshot: &Snapshot, out: &mut String) {
+        let name =
+            |m: &MemberView| label(m.name.clone().unwrap_or_else(|| format!("node-{}", m.id)));
+        section(
+            out,
+            "tern_gossip_member_info",
+            "gauge",
+            "1 per known member, with its node id, pool and agent version.",
+        );
+        for m in &snapshot.members {
+            let _ = writeln!(
+                out,
+                "tern_gossip_member_info{{node=\"{}\",id=\"{}\",pool=\"{}\",version=\"{}\"}} 1",
+                name(m),
+                m.id,
+                label(m.pool.clone().unwrap_or_default()),
+                label(m.version.clone().unwrap_or_default()),
+            );
+        }
+        section(
+            out,
+            "tern_gossip_member_state",
+            "gauge",
+            "1 for the gossip state each known member is in, 0 for the others.",
+        );
+        for m in &snapshot.members {
+            for state in MemberState::ALL {
+                let _ = writeln!(
+                    out,
+                    "tern_gossip_member_state{{node=\"{}\",state=\"{}\"}} {}",
+                    name(m),
+                    state.as_str(),
+                    u8::from(m.state == state)
+                );
+            }
+        }
+        type Figure = (&'static str, &'static str, fn(&MemberView) -> f64);
+        let figures: [Figure; 3] = [
+            (
+                "tern_gossip_member_phi",
+                "Phi-accrual suspicion of each member as this node sees it (0 for itself).",
+                |m| m.phi,
+            ),
+            (
+                "tern_gossip_member_shards_held",
+                "Shards each member says it holds.",
+                |m| f64::from(m.shards_held),
+            ),
+            (
+                "tern_gossip_member_shards_led",
+                "Shards each member says it leads.",
+                |m| f64::from(m.shards_led),
+            ),
+        ];
+        for (metric, help, value) in figures {
+            section(out, metric, "gauge", help);
+            for m in &snapshot.members {
+                let _ = writeln!(out, "{metric}{{node=\"{}\"}} {}", name(m), value(m));
+            }
+        }
+    }
+
     /// Appends the gossip metrics in Prometheus text format.
     pub fn render(&self, snapshot: &Snapshot, primary_key: u32, keys: usize, out: &mut String) {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -80,6 +144,7 @@ impl Metrics {
                 state.as_str()
             );
         }
+        self.render_members(snapshot, out);
         section(
             out,
             "tern_gossip_packets_dropped_total",
@@ -227,4 +292,15 @@ impl Metrics {
 
 fn section(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(value: String) -> String {
+    if !value.contains(['\\', '"', '\n']) {
+        return value;
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -174,6 +174,21 @@ async fn two_nodes_join_through_a_seed_address_share_metadata_and_leave() {
     );
     assert!(metrics.contains("tern_gossip_joined 1\n"), "{metrics}");
     assert!(metrics.contains("tern_gossip_key_id 1\n"), "{metrics}");
+    for node in ["mail-default-0", "mail-default-1"] {
+        let alive = format!("tern_gossip_member_state{{node=\"{node}\",state=\"alive\"}} 1\n");
+        let dead = format!("tern_gossip_member_state{{node=\"{node}\",state=\"dead\"}} 0\n");
+        assert!(metrics.contains(&alive), "{metrics}");
+        assert!(metrics.contains(&dead), "{metrics}");
+        assert!(
+            metrics.contains(&format!("tern_gossip_member_phi{{node=\"{node}\"}} ")),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .contains("tern_gossip_member_info{node=\"mail-default-1\",id=\"2\",pool=\"default\""),
+        "{metrics}"
+    );
 
     let started = Instant::now();
     b.leave().await;

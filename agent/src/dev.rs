@@ -15,7 +15,8 @@
 //!
 //! Node `i` (0-based) listens on `base + 20*i + offset`; see [`NodePorts`]. Every node gossips
 //! on its own port with the cluster's one keyring, its seeds the other nodes' gossip addresses,
-//! and serves SMTP, submission (STARTTLS), smtps and LMTP with the certificate `pki/tls.crt`.
+//! and serves SMTP, submission (STARTTLS), smtps, LMTP, IMAP (STARTTLS) and imaps with the
+//! certificate `pki/tls.crt`.
 //!
 //! In the foreground it runs until Ctrl-C or SIGTERM, then stops the agents (SIGTERM, SIGKILL
 //! after 10 s). `--detach` exits once the cluster is ready and leaves the agents running, their
@@ -155,9 +156,9 @@ impl Options {
     }
 }
 
-/// The ports of node `i`: `base + 20*i + offset`. Health, RPC, admin, gossip (UDP and TCP),
-/// smtp, submission, smtps and lmtp are served today; the IMAP ones are reserved so that
-/// addresses do not move when their listeners arrive.
+/// The ports of node `i`: `base + 20*i + offset`: health, RPC, admin, gossip (UDP and TCP),
+/// smtp, submission, smtps, lmtp, imap and imaps; the rest of the 20 are reserved so that
+/// addresses do not move when more listeners arrive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodePorts {
     /// Plain HTTP: `/healthz/*`, `/metrics` (offset 0).
@@ -192,7 +193,7 @@ impl NodePorts {
     }
 
     /// The ports the agent listens on today, by what they serve (gossip: UDP and TCP).
-    pub fn served(&self) -> [(&'static str, u16); 8] {
+    pub fn served(&self) -> [(&'static str, u16); 10] {
         [
             ("health", self.http),
             ("rpc", self.rpc),
@@ -202,6 +203,8 @@ impl NodePorts {
             ("submission", self.submission),
             ("smtps", self.smtps),
             ("lmtp", self.lmtp),
+            ("imap", self.imap),
+            ("imaps", self.imaps),
         ]
     }
 
@@ -268,8 +271,8 @@ pub fn assignment(nodes: u32, shards: u32, previous: Option<&Assignment>) -> Ass
 }
 
 /// The configuration every node reads. Listener ports are node 0's: each node's own
-/// addresses come from its environment. Only the listeners the agent serves today are
-/// enabled, so that an agent never binds node 0's port for a protocol it has no address for.
+/// addresses come from its environment (the agent's `TERN_<NAME>_ADDR`), which `spawn` sets for
+/// every listener enabled here.
 pub fn agent_config(o: &Options) -> AgentConfig {
     let p = NodePorts::of(o.base_port, 0);
     let listener = |enabled: bool, port: u16| ListenerConfig {
@@ -291,8 +294,8 @@ pub fn agent_config(o: &Options) -> AgentConfig {
             ("submission".to_owned(), listener(true, p.submission)),
             ("smtps".to_owned(), listener(true, p.smtps)),
             ("lmtp".to_owned(), listener(true, p.lmtp)),
-            ("imap".to_owned(), listener(false, p.imap)),
-            ("imaps".to_owned(), listener(false, p.imaps)),
+            ("imap".to_owned(), listener(true, p.imap)),
+            ("imaps".to_owned(), listener(true, p.imaps)),
         ]),
         health_port: i32::from(p.http),
         proxy_protocol: false,
@@ -345,6 +348,12 @@ pub struct NodeEndpoints {
     /// `127.0.0.1:PORT`: LMTP.
     #[serde(default)]
     pub lmtp: String,
+    /// `127.0.0.1:PORT`: IMAP, STARTTLS then LOGIN.
+    #[serde(default)]
+    pub imap: String,
+    /// `127.0.0.1:PORT`: IMAP over implicit TLS.
+    #[serde(default)]
+    pub imaps: String,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -756,6 +765,8 @@ fn spawn(
         )
         .env("TERN_SMTPS_ADDR", format!("127.0.0.1:{}", ports.smtps))
         .env("TERN_LMTP_ADDR", format!("127.0.0.1:{}", ports.lmtp))
+        .env("TERN_IMAP_ADDR", format!("127.0.0.1:{}", ports.imap))
+        .env("TERN_IMAPS_ADDR", format!("127.0.0.1:{}", ports.imaps))
         .env("RUST_LOG", rust_log)
         // The log is a file: no terminal colour codes in it.
         .env("NO_COLOR", "1")
@@ -841,6 +852,8 @@ async fn run(o: Options) -> Result<(), String> {
                     submission: format!("127.0.0.1:{}", p.submission),
                     smtps: format!("127.0.0.1:{}", p.smtps),
                     lmtp: format!("127.0.0.1:{}", p.lmtp),
+                    imap: format!("127.0.0.1:{}", p.imap),
+                    imaps: format!("127.0.0.1:{}", p.imaps),
                     pid: pids[i as usize],
                     log: layout.log(i),
                 }
@@ -1129,13 +1142,13 @@ fn print_summary(
     }
     println!();
     println!(
-        "{:<15} {:<16} {:<16} {:<16} LMTP",
-        "NODE", "SMTP", "SUBMISSION", "SMTPS"
+        "{:<15} {:<16} {:<16} {:<16} {:<16} {:<16} IMAPS",
+        "NODE", "SMTP", "SUBMISSION", "SMTPS", "LMTP", "IMAP"
     );
     for n in &endpoints.nodes {
         println!(
-            "{:<15} {:<16} {:<16} {:<16} {}",
-            n.name, n.smtp, n.submission, n.smtps, n.lmtp
+            "{:<15} {:<16} {:<16} {:<16} {:<16} {:<16} {}",
+            n.name, n.smtp, n.submission, n.smtps, n.lmtp, n.imap, n.imaps
         );
     }
     println!();
@@ -1314,7 +1327,9 @@ mod tests {
         let served: Vec<u16> = p.served().iter().map(|(_, port)| *port).collect();
         assert_eq!(
             served,
-            [17040, 17041, 17042, 17048, 17043, 17044, 17049, 17045]
+            [
+                17040, 17041, 17042, 17048, 17043, 17044, 17049, 17045, 17046, 17047
+            ]
         );
     }
 
@@ -1422,6 +1437,8 @@ mod tests {
             ("submission", 17004),
             ("lmtp", 17005),
             ("smtps", 17009),
+            ("imap", 17006),
+            ("imaps", 17007),
         ] {
             assert_eq!(
                 c.listeners[name],
@@ -1432,7 +1449,6 @@ mod tests {
                 "{name}"
             );
         }
-        assert!(!c.listeners["imap"].enabled);
         assert_eq!(c.listeners.len(), 8);
         // What `tern-agent run` reads.
         let text = serde_json::to_string(&c).unwrap();
@@ -1478,6 +1494,8 @@ mod tests {
                 submission: "127.0.0.1:17004".into(),
                 smtps: "127.0.0.1:17009".into(),
                 lmtp: "127.0.0.1:17005".into(),
+                imap: "127.0.0.1:17006".into(),
+                imaps: "127.0.0.1:17007".into(),
                 pid: 42,
                 log: "/d/dev-default-0/agent.log".into(),
             }],
@@ -1500,14 +1518,25 @@ mod tests {
         assert_eq!(v["nodes"][0]["submission"], "127.0.0.1:17004");
         assert_eq!(v["nodes"][0]["smtps"], "127.0.0.1:17009");
         assert_eq!(v["nodes"][0]["lmtp"], "127.0.0.1:17005");
+        assert_eq!(v["nodes"][0]["imap"], "127.0.0.1:17006");
+        assert_eq!(v["nodes"][0]["imaps"], "127.0.0.1:17007");
         // An endpoints file from before gossip and the mail listeners still reads.
         let mut old = v.clone();
-        for field in ["gossip", "smtp", "submission", "smtps", "lmtp"] {
+        for field in [
+            "gossip",
+            "smtp",
+            "submission",
+            "smtps",
+            "lmtp",
+            "imap",
+            "imaps",
+        ] {
             old["nodes"][0].as_object_mut().unwrap().remove(field);
         }
         let back: Endpoints = serde_json::from_value(old).unwrap();
         assert_eq!(back.nodes[0].gossip, "");
         assert_eq!(back.nodes[0].smtp, "");
+        assert_eq!(back.nodes[0].imaps, "");
         assert_eq!(
             v["accounts"],
             serde_json::json!([{"address": DEMO_ADDRESS, "password": "pw"}])

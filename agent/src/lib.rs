@@ -12,6 +12,8 @@ pub mod dev;
 pub mod follow;
 pub mod gossip;
 pub mod http;
+pub mod imap;
+mod mailstore;
 pub mod node;
 pub mod pki;
 pub mod replica;

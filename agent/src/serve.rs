@@ -13,11 +13,12 @@
 //! | `TERN_PEERS_FILE` | JSON `{pod name: "host:port"}` of every node's RPC server; without it `<pod>.<headlessService>.<namespace>.svc:<rpcPort>` |
 //! | `TERN_ADMIN_ADDR` | where the admin API listens (HTTPS); default `127.0.0.1:7948`, inside the pod only (`kubectl port-forward`); `none` turns it off |
 //! | `TERN_ADMIN_PASSWORD_FILE` | the recovery administrator's password |
-//! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM): the admin API, STARTTLS on smtp, submission and lmtp, and smtps |
+//! | `TERN_TLS_CERT_FILE`, `TERN_TLS_KEY_FILE` | the listeners' certificate (PEM): the admin API, STARTTLS on smtp, submission, lmtp and imap, smtps and imaps |
 //! | `TERN_LISTENERS` | the protocols this node's pool serves, comma-separated (set by the operator); unset: every listener the configuration enables |
 //! | `TERN_SMTP_ADDR`, `TERN_SUBMISSION_ADDR`, `TERN_SMTPS_ADDR`, `TERN_LMTP_ADDR` | where the mail listeners listen (default `0.0.0.0:<listeners.NAME.port>`); `none` turns one off. They run on storage nodes only |
+//! | `TERN_IMAP_ADDR`, `TERN_IMAPS_ADDR` | where the IMAP listeners listen: imap (STARTTLS) and imaps (implicit TLS), default `0.0.0.0:<listeners.NAME.port>`; `none` turns one off. Storage nodes only |
 //! | `TERN_PROXY_PROTOCOL` | `true` or `false`: a PROXY header on every connection to this node's smtp, submission and smtps listeners (default: the configuration's `proxyProtocol`) |
-//! | `TERN_HOSTNAME` | the name in SMTP greetings and `Received:` fields (default `POD_NAME`) |
+//! | `TERN_HOSTNAME` | the name in SMTP and IMAP greetings and `Received:` fields (default `POD_NAME`) |
 //! | `TERN_TIMEOUT_MS` | the longest a read or write waits for its shard (default 5000) |
 //! | `TERN_SNAPSHOT_LOGS` | a shard snapshots every this many log entries (default 20000) |
 //! | `TERN_GOSSIP_KEY_FILE` | the gossip keyring (required): the keyring text format, a raw 32-byte key, or one base64 key; read again every 5 s |
@@ -40,6 +41,7 @@ use crate::admin::{self, AdminServerConfig};
 use crate::follow::{self, Shared};
 use crate::gossip::{self, GossipOptions, ShardSource};
 use crate::http::{self, View};
+use crate::imap::{ImapListeners, ImapOptions, StoreBackend};
 use crate::node::Node;
 use crate::report;
 use crate::rpc::{Network, TlsConfig, serve_service};
@@ -115,7 +117,7 @@ pub async fn run(node: Node) -> Result<(), String> {
             std::future::pending().await
         }
     };
-    let mut mail_listeners: Option<Listeners> = None;
+    let mut mail_listeners = MailListeners::default();
     tokio::select! {
         result = started => {
             mail_listeners = result?;
@@ -129,9 +131,7 @@ pub async fn run(node: Node) -> Result<(), String> {
     }
     tracing::info!("shutting down");
     // Mail first: messages being received may still be stored while the shards run.
-    if let Some(listeners) = mail_listeners {
-        listeners.shutdown().await;
-    }
+    mail_listeners.shutdown().await;
     if let Some(reporter) = reporter {
         reporter.shutdown().await;
     }
@@ -203,7 +203,7 @@ async fn start_store(
     host_cell: &OnceLock<Arc<ShardHost>>,
     smtp_stats: &Arc<SmtpStats>,
     gossip: &gossip::Gossip,
-) -> Result<Option<Listeners>, String> {
+) -> Result<MailListeners, String> {
     let dir = PathBuf::from(need("TERN_DATA_DIR")?);
     let kind = match var("TERN_STORE_ENGINE").as_deref() {
         None | Some("redb") => EngineKind::Redb,
@@ -336,18 +336,44 @@ async fn start_store(
     start_mail(node, &host, timeout, smtp_stats).await
 }
 
-/// Starts the SMTP, submission, smtps and LMTP listeners this node runs (see
-/// [`crate::smtp::listeners`]), storing through `host`; `None` when it runs none.
+/// The mail listeners a node runs.
+#[derive(Default)]
+struct MailListeners {
+    smtp: Option<Listeners>,
+    imap: Option<ImapListeners>,
+}
+
+impl MailListeners {
+    /// Stops both kinds together: SMTP sessions in the middle of a message may finish.
+    async fn shutdown(self) {
+        let smtp = async {
+            if let Some(listeners) = self.smtp {
+                listeners.shutdown().await;
+            }
+        };
+        let imap = async {
+            if let Some(listeners) = self.imap {
+                listeners.shutdown().await;
+            }
+        };
+        tokio::join!(smtp, imap);
+    }
+}
+
+/// Starts the SMTP, submission, smtps and LMTP listeners (see [`crate::smtp::listeners`])
+/// and the imap and imaps listeners (see [`crate::imap::listeners`]) this node runs,
+/// storing through `host`.
 async fn start_mail(
     node: &Node,
     host: &Arc<ShardHost>,
     shard_timeout: Duration,
     stats: &Arc<SmtpStats>,
-) -> Result<Option<Listeners>, String> {
+) -> Result<MailListeners, String> {
     let plans = crate::smtp::listeners::plan(&node.config, var)?;
-    if plans.is_empty() {
+    let imap_plans = crate::imap::listeners::plan(&node.config, var)?;
+    if plans.is_empty() && imap_plans.is_empty() {
         tracing::info!("no mail listeners on this node");
-        return Ok(None);
+        return Ok(MailListeners::default());
     }
     let tls = match (var("TERN_TLS_CERT_FILE"), var("TERN_TLS_KEY_FILE")) {
         (Some(_), Some(_)) => Some(
@@ -360,18 +386,34 @@ async fn start_mail(
         _ => {
             tracing::warn!(
                 "no TERN_TLS_CERT_FILE and TERN_TLS_KEY_FILE: mail listeners without STARTTLS, \
-                 so without AUTH"
+                 so without AUTH and LOGIN"
             );
             None
         }
     };
     let hostname = var("TERN_HOSTNAME").unwrap_or_else(|| node.name.clone());
-    let backend = Arc::new(MailBackend::new(
-        host.clone(),
-        BackendOptions::for_shard_timeout(shard_timeout, node.config.domains.first().cloned()),
-        stats.clone(),
-    ));
-    Listeners::start(&plans, &hostname, tls, backend, stats)
-        .await
-        .map(Some)
+    let mut listeners = MailListeners::default();
+    if !plans.is_empty() {
+        let backend = Arc::new(MailBackend::new(
+            host.clone(),
+            BackendOptions::for_shard_timeout(shard_timeout, node.config.domains.first().cloned()),
+            stats.clone(),
+        ));
+        listeners.smtp =
+            Some(Listeners::start(&plans, &hostname, tls.clone(), backend, stats).await?);
+    }
+    if !imap_plans.is_empty() {
+        let backend = Arc::new(StoreBackend::new(
+            host.clone(),
+            ImapOptions::for_shard_timeout(shard_timeout),
+        ));
+        match ImapListeners::start(&imap_plans, &hostname, tls, backend).await {
+            Ok(imap) => listeners.imap = Some(imap),
+            Err(e) => {
+                listeners.shutdown().await;
+                return Err(e);
+            }
+        }
+    }
+    Ok(listeners)
 }

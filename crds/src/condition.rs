@@ -29,6 +29,7 @@ pub mod reason {
     pub const CLUSTER_NOT_FOUND: &str = "ClusterNotFound";
     pub const MEMBERS_UNHEALTHY: &str = "MembersUnhealthy";
     pub const SHARDS_WITHOUT_LEADER: &str = "ShardsWithoutLeader";
+    pub const HEALTH_NOT_REPORTED: &str = "HealthNotReported";
     pub const HEALTHY: &str = "Healthy";
     pub const PLACED: &str = "Placed";
     pub const PINNED_SHARD_MISSING: &str = "PinnedShardMissing";

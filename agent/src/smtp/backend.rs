@@ -3,9 +3,8 @@
 //! [the module above](super).
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tern_raft::ShardId;
@@ -19,16 +18,13 @@ use tokio::time::Instant;
 
 use super::SmtpStats;
 use super::delivery;
-use crate::shards::{ShardError, ShardHost};
+use crate::mailstore::{Unavailable, retrying, unix_ms, verify};
+use crate::shards::ShardHost;
 
 /// How long the shard a session's recipient was found on is remembered for its DATA.
 const ROUTE_MEMORY: Duration = Duration::from_secs(15 * 60);
 /// Most remembered routes; beyond it the expired ones go, and if that is not enough, all.
 const MAX_ROUTES: usize = 100_000;
-/// The first pause before asking a shard again after "temporarily unavailable"; it doubles
-/// up to [`MAX_RETRY_PAUSE`].
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(50);
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// How the backend bounds its work.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,10 +47,6 @@ impl BackendOptions {
         }
     }
 }
-
-/// A temporary failure of the store: the reason, for the logs.
-#[derive(Debug)]
-struct Unavailable(String);
 
 /// Where mail to an address goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -384,48 +376,6 @@ impl Backend for MailBackend {
     }
 }
 
-/// Runs `op` until it succeeds, fails other than temporarily, or `deadline` passes. Retrying
-/// is safe for every operation here: reads, and writes with an idempotency key.
-async fn retrying<T, Fut>(deadline: Instant, mut op: impl FnMut() -> Fut) -> Result<T, Unavailable>
-where
-    Fut: Future<Output = Result<T, ShardError>>,
-{
-    let mut pause = FIRST_RETRY_PAUSE;
-    loop {
-        let error = match tokio::time::timeout_at(deadline, op()).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(error)) => error,
-            Err(_) => return Err(Unavailable("no answer within the deadline".into())),
-        };
-        match error {
-            ShardError::Unavailable { .. } if Instant::now() + pause < deadline => {
-                tracing::debug!(%error, "retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RETRY_PAUSE);
-            }
-            other => return Err(Unavailable(other.to_string())),
-        }
-    }
-}
-
-/// Checks `password` against `hash` on a blocking thread (argon2 takes tens of
-/// milliseconds). Without a hash (no such account) it checks against a hash of another
-/// password, so that an unknown user takes as long to refuse as a wrong password.
-async fn verify(hash: Option<String>, password: String) -> bool {
-    static ABSENT: OnceLock<String> = OnceLock::new();
-    let known = hash.is_some();
-    tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(|| {
-            ABSENT
-                .get_or_init(|| tern_mail::hash_password("no account has this password"))
-                .clone()
-        });
-        tern_mail::verify_password(&hash, &password) && known
-    })
-    .await
-    .unwrap_or(false)
-}
-
 /// `local@domain` for `local+tag@domain`.
 fn base_address(address: &str) -> Option<String> {
     let (local, domain) = address.rsplit_once('@')?;
@@ -445,12 +395,6 @@ fn not_stored() -> DeliveryStatus {
     DeliveryStatus::temp(
         "Message not stored: the mail store is temporarily unavailable, try again later",
     )
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -484,53 +428,5 @@ mod tests {
             routes.remember(n + 10, "b@x.test", 1);
         }
         assert!(routes.map.len() <= MAX_ROUTES);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn temporary_failures_are_retried_until_the_deadline_and_others_are_not() {
-        let calls = std::cell::Cell::new(0);
-        let unavailable = || ShardError::Unavailable {
-            shard: 1,
-            why: "electing".into(),
-        };
-        // Succeeds on the third attempt.
-        let result = retrying(Instant::now() + Duration::from_secs(5), || {
-            calls.set(calls.get() + 1);
-            let n = calls.get();
-            async move { if n < 3 { Err(unavailable()) } else { Ok(n) } }
-        })
-        .await;
-        assert_eq!(result.unwrap(), 3);
-        // Never succeeds: gives up by the deadline.
-        let started = Instant::now();
-        let result: Result<(), _> = retrying(Instant::now() + Duration::from_secs(2), || async {
-            Err(unavailable())
-        })
-        .await;
-        assert!(result.is_err());
-        assert!(started.elapsed() <= Duration::from_secs(2));
-        // A failure that is not temporary is not retried.
-        calls.set(0);
-        let result: Result<(), _> = retrying(Instant::now() + Duration::from_secs(5), || {
-            calls.set(calls.get() + 1);
-            async { Err(ShardError::UnknownShard(9)) }
-        })
-        .await;
-        assert!(result.is_err());
-        assert_eq!(calls.get(), 1);
-        // An operation that hangs ends at the deadline.
-        let result: Result<(), _> = retrying(Instant::now() + Duration::from_secs(1), || {
-            std::future::pending()
-        })
-        .await;
-        assert!(result.unwrap_err().0.contains("deadline"));
-    }
-
-    #[tokio::test]
-    async fn an_unknown_user_is_refused_like_a_wrong_password() {
-        let hash = tern_mail::hash_password("right password");
-        assert!(verify(Some(hash.clone()), "right password".into()).await);
-        assert!(!verify(Some(hash), "wrong".into()).await);
-        assert!(!verify(None, "no account has this password".into()).await);
     }
 }

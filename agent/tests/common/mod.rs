@@ -51,8 +51,8 @@ const PASSWORD: &str = "fault-tests-admin-password";
 /// How long a cluster (or a restarted node) has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Ports each node uses: health, RPC, admin, gossip (UDP and TCP), smtp, submission, smtps,
-/// lmtp.
-const PORTS_PER_NODE: u16 = 8;
+/// lmtp, imap, imaps.
+const PORTS_PER_NODE: u16 = 10;
 /// Test clusters take ports from here, below the kernel's ephemeral range (32768 and up), so
 /// that no outgoing connection takes a port between the check and the agent's bind or
 /// between a kill and a restart; `tern-e2e` starts at 20000.
@@ -109,8 +109,8 @@ struct NodeProcess {
     admin: SocketAddr,
     rpc: SocketAddr,
     gossip: SocketAddr,
-    /// Where the test reaches its smtp, submission, smtps and lmtp listeners.
-    mail: [SocketAddr; 4],
+    /// Where the test reaches its smtp, submission, smtps, lmtp, imap and imaps listeners.
+    mail: [SocketAddr; 6],
     /// Its copy of the cluster's gossip keyring (`TERN_GOSSIP_KEY_FILE`).
     keyring: PathBuf,
     data: PathBuf,
@@ -179,8 +179,8 @@ impl Cluster {
             rpc_bind: SocketAddr,
             admin_bind: SocketAddr,
             gossip_bind: SocketAddr,
-            /// smtp, submission, smtps, lmtp.
-            mail_bind: [SocketAddr; 4],
+            /// smtp, submission, smtps, lmtp, imap, imaps.
+            mail_bind: [SocketAddr; 6],
             gossip_advertised: SocketAddr,
             rpc_advertised: SocketAddr,
             /// Where the test reaches the health endpoint and the admin API.
@@ -191,8 +191,19 @@ impl Cluster {
         }
         let plans: Vec<Plan> = (0..count)
             .map(|i| {
-                let [health, rpc, admin, gossip, smtp, submission, smtps, lmtp] = ports[i];
-                let mail = [smtp, submission, smtps, lmtp];
+                let [
+                    health,
+                    rpc,
+                    admin,
+                    gossip,
+                    smtp,
+                    submission,
+                    smtps,
+                    lmtp,
+                    imap,
+                    imaps,
+                ] = ports[i];
+                let mail = [smtp, submission, smtps, lmtp, imap, imaps];
                 let mail_on = |ip: IpAddr| mail.map(|port| SocketAddr::new(ip, port));
                 match (&netns, isolated) {
                     (Some(ns), Some(j)) if i == j => Plan {
@@ -349,6 +360,8 @@ impl Cluster {
                     ("TERN_SUBMISSION_ADDR", plan.mail_bind[1].to_string()),
                     ("TERN_SMTPS_ADDR", plan.mail_bind[2].to_string()),
                     ("TERN_LMTP_ADDR", plan.mail_bind[3].to_string()),
+                    ("TERN_IMAP_ADDR", plan.mail_bind[4].to_string()),
+                    ("TERN_IMAPS_ADDR", plan.mail_bind[5].to_string()),
                     ("RUST_LOG", "info,openraft=warn".to_owned()),
                     ("NO_COLOR", "1".to_owned()),
                 ];
@@ -735,14 +748,16 @@ impl Cluster {
         serde_json::from_str(&body).map_err(|e| format!("/cluster/members: {e}: {body}"))
     }
 
-    /// Where the test reaches node `i`'s mail listener `kind` (`smtp`, `submission`, `smtps`
-    /// or `lmtp`).
+    /// Where the test reaches node `i`'s mail listener `kind` (`smtp`, `submission`, `smtps`,
+    /// `lmtp`, `imap` or `imaps`).
     pub fn mail_addr(&self, i: usize, kind: &str) -> SocketAddr {
         let k = match kind {
             "smtp" => 0,
             "submission" => 1,
             "smtps" => 2,
             "lmtp" => 3,
+            "imap" => 4,
+            "imaps" => 5,
             other => panic!("no mail listener {other:?}"),
         };
         self.nodes[i].mail[k]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::controller::Action;
@@ -42,6 +43,8 @@ pub struct Observed {
     pub previous: Option<Assignment>,
     /// Pod name → topology zone of the node it runs on.
     pub zones: BTreeMap<String, String>,
+    /// The Lease of the agents' status reporter, when they have created it.
+    pub reporter_lease: Option<Lease>,
 }
 
 async fn observe(ctx: &Context, cluster: &MailCluster, ns: &str) -> Result<Observed> {
@@ -88,12 +91,16 @@ async fn observe(ctx: &Context, cluster: &MailCluster, ns: &str) -> Result<Obser
         None => None,
     };
     let zones = observe_zones(ctx, ns, &selector).await?;
+    let reporter_lease = Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(&render::names::reporter_lease(&name))
+        .await?;
     Ok(Observed {
         roles,
         groups,
         statefulsets,
         previous,
         zones,
+        reporter_lease,
     })
 }
 
@@ -279,7 +286,7 @@ async fn apply_cluster(cluster: &MailCluster, ctx: &Context, ns: &str) -> Result
 
     // Status, computed only from what was applied.
     let observations = observations(&name, &pools, &replicas, &applied.statefulsets);
-    let progressing = write_statuses(
+    let (progressing, reporter_recheck) = write_statuses(
         cluster,
         ctx,
         ns,
@@ -289,11 +296,16 @@ async fn apply_cluster(cluster: &MailCluster, ctx: &Context, ns: &str) -> Result
         None,
     )
     .await?;
-    Ok(Action::requeue(if progressing {
+    let next = if progressing {
         PROGRESS_RECHECK
     } else {
         RESYNC
-    }))
+    };
+    // A reporter that falls silent changes no object; look again when it would count as
+    // silent, so `Degraded` says so within seconds rather than at the next resync.
+    Ok(Action::requeue(
+        reporter_recheck.map_or(next, |r| next.min(r.max(PROGRESS_RECHECK))),
+    ))
 }
 
 fn observations(
@@ -331,10 +343,17 @@ async fn write_statuses(
     pools: &[PoolObservation],
     assignment: Option<&Assignment>,
     problem: Option<&Problem>,
-) -> Result<bool> {
+) -> Result<(bool, Option<Duration>)> {
     let now = jiff::Timestamp::now();
     let name = cluster.name_any();
-    let status = status::cluster_status(cluster, pools, assignment, problem, now);
+    let (reporter, reporter_recheck) = status::reporter(
+        observed
+            .reporter_lease
+            .as_ref()
+            .and_then(|l| l.spec.as_ref()),
+        now,
+    );
+    let status = status::cluster_status(cluster, pools, assignment, problem, reporter, now);
     let progressing =
         tern_crds::condition::is_true(&status.conditions, tern_crds::condition::PROGRESSING);
     Api::<MailCluster>::namespaced(ctx.client.clone(), ns)
@@ -371,7 +390,7 @@ async fn write_statuses(
             )
             .await?;
     }
-    Ok(progressing)
+    Ok((progressing, reporter_recheck))
 }
 
 /// A spec that cannot be placed: say why in every status, emit a warning, and wait for a

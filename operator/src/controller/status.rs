@@ -3,6 +3,7 @@
 //! `lastAppliedLag` (server-side apply keeps the two writers' fields apart).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Resource;
 use serde::Serialize;
@@ -136,11 +137,55 @@ fn progressing_condition(pools: &[&PoolObservation], generation: Option<i64>) ->
 }
 
 /// Operator-owned part of a MailCluster's status.
+/// What the agents' elected status reporter has been doing, read from its Lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// No Lease: the agents have not started reporting (a new cluster).
+    NotStarted,
+    /// Renewed within twice its duration.
+    Active,
+    /// Not renewed for longer than twice its duration: nobody writes `members` and shard
+    /// leaders any more, so they may be stale.
+    Silent { since: jiff::Timestamp },
+}
+
+/// The reporter's state from its Lease, and for an active one how long until it would count
+/// as silent (when the operator should look again: a silent reporter changes no object, so
+/// no watch event would say so).
+pub fn reporter(
+    lease: Option<&LeaseSpec>,
+    now: jiff::Timestamp,
+) -> (Reporter, Option<std::time::Duration>) {
+    let Some(spec) = lease else {
+        return (Reporter::NotStarted, None);
+    };
+    let Some(renewed) = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0)
+    else {
+        return (Reporter::NotStarted, None);
+    };
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
+    let silent_at = renewed + jiff::SignedDuration::from_secs(2 * duration);
+    if now >= silent_at {
+        (Reporter::Silent { since: renewed }, None)
+    } else {
+        let left = silent_at.duration_since(now).unsigned_abs();
+        (
+            Reporter::Active,
+            Some(std::time::Duration::from_secs(left.as_secs() + 1)),
+        )
+    }
+}
+
 pub fn cluster_status(
     cluster: &MailCluster,
     pools: &[PoolObservation],
     assignment: Option<&Assignment>,
     problem: Option<&Problem>,
+    reporter: Reporter,
     now: jiff::Timestamp,
 ) -> MailClusterStatus {
     let generation = cluster.meta().generation;
@@ -169,8 +214,19 @@ pub fn cluster_status(
     // Leaders are known only once agents report; before that, no shard is called leaderless.
     let agents_report = !previous.members.is_empty();
 
+    let serving = pools.iter().any(|p| p.ready() > 0);
     let degraded = if let Some(p) = problem {
         condition::new(DEGRADED, true, p.reason, p.message.clone(), generation)
+    } else if let (Reporter::Silent { since }, true) = (reporter, serving) {
+        condition::new(
+            DEGRADED,
+            true,
+            reason::HEALTH_NOT_REPORTED,
+            format!(
+                "no agent has reported the cluster's health since {since}; members and shard leaders may be stale"
+            ),
+            generation,
+        )
     } else if !unhealthy.is_empty() {
         condition::new(
             DEGRADED,
@@ -401,7 +457,14 @@ mod tests {
     #[test]
     fn ready_when_every_pod_is_ready() {
         let now = jiff::Timestamp::now();
-        let s = cluster_status(&cluster(), &[pool(3, sts(3, 3, 3))], None, None, now);
+        let s = cluster_status(
+            &cluster(),
+            &[pool(3, sts(3, 3, 3))],
+            None,
+            None,
+            Reporter::Active,
+            now,
+        );
         assert_eq!(s.observed_generation, Some(4));
         assert!(condition::is_true(&s.conditions, READY));
         assert!(!condition::is_true(&s.conditions, PROGRESSING));
@@ -422,6 +485,7 @@ mod tests {
             &[pool(5, sts(5, 3, 3))],
             None,
             None,
+            Reporter::Active,
             jiff::Timestamp::now(),
         );
         let ready = condition::find(&s.conditions, READY).unwrap();
@@ -447,6 +511,7 @@ mod tests {
             &[pool(3, sts(3, 3, 3))],
             None,
             Some(&p),
+            Reporter::Active,
             jiff::Timestamp::now(),
         );
         for t in [READY, DEGRADED] {
@@ -486,6 +551,7 @@ mod tests {
             &[pool(1, sts(1, 1, 1))],
             Some(&assignment),
             None,
+            Reporter::Active,
             jiff::Timestamp::now(),
         );
         assert_eq!(s.leaders.as_deref(), Some("1/1"), "it reads the leaders");
@@ -513,6 +579,7 @@ mod tests {
             &[pool(3, sts(3, 3, 3))],
             None,
             None,
+            Reporter::Active,
             jiff::Timestamp::now(),
         );
         let d = condition::find(&s.conditions, DEGRADED).unwrap();
@@ -525,5 +592,66 @@ mod tests {
             s.members.is_empty(),
             "members belong to the agents' reporter, never in the operator's patch"
         );
+    }
+
+    fn lease(renewed: jiff::Timestamp, seconds: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some("mail-default-0".into()),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                renewed,
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_reporter_is_silent_after_twice_its_lease_duration() {
+        let now = jiff::Timestamp::now();
+        let ago = |s: i64| now - jiff::SignedDuration::from_secs(s);
+        assert_eq!(reporter(None, now), (Reporter::NotStarted, None));
+        let (state, recheck) = reporter(Some(&lease(ago(10), 15)), now);
+        assert_eq!(state, Reporter::Active);
+        assert_eq!(recheck, Some(std::time::Duration::from_secs(21)));
+        assert_eq!(
+            reporter(Some(&lease(ago(31), 15)), now),
+            (Reporter::Silent { since: ago(31) }, None)
+        );
+    }
+
+    #[test]
+    fn a_silent_reporter_degrades_a_serving_cluster_but_not_a_starting_one() {
+        let now = jiff::Timestamp::now();
+        let since = now - jiff::SignedDuration::from_secs(120);
+        let silent = Reporter::Silent { since };
+        let s = cluster_status(
+            &cluster(),
+            &[pool(3, sts(3, 3, 3))],
+            None,
+            None,
+            silent,
+            now,
+        );
+        let d = condition::find(&s.conditions, DEGRADED).unwrap();
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", reason::HEALTH_NOT_REPORTED)
+        );
+        assert!(d.message.contains(&since.to_string()), "{}", d.message);
+        // No pod ready yet: nothing could report; Ready already says so.
+        let s = cluster_status(
+            &cluster(),
+            &[pool(3, sts(3, 3, 0))],
+            None,
+            None,
+            silent,
+            now,
+        );
+        let d = condition::find(&s.conditions, DEGRADED).unwrap();
+        assert_ne!(d.reason, reason::HEALTH_NOT_REPORTED);
+        for fine in [Reporter::Active, Reporter::NotStarted] {
+            let s = cluster_status(&cluster(), &[pool(3, sts(3, 3, 3))], None, None, fine, now);
+            assert!(!condition::is_true(&s.conditions, DEGRADED), "{fine:?}");
+        }
     }
 }

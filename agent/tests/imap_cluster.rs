@@ -13,7 +13,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Options, create_domain_retrying};
+use common::{Cluster, Options, create_domain_retrying, run, strings, tools};
 
 const DOMAIN: &str = "example.test";
 const ADDRESS: &str = "reader@example.test";
@@ -163,56 +163,11 @@ else:
     fail(f"unknown mode {mode}")
 "#;
 
-/// Whether `python3` (with imaplib, smtplib, ssl) and curl are there. When one is missing:
-/// fails in CI (`CI` set), else says so and returns false.
-fn tools() -> bool {
-    let checks = [
-        ("python3", "python3 -c 'import imaplib, smtplib, ssl'"),
-        ("curl", "command -v curl"),
-    ];
-    let missing: Vec<&str> = checks
-        .iter()
-        .filter(|(_, check)| {
-            !Command::new("sh")
-                .args(["-c", check])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|(name, _)| *name)
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    let why = format!("imap_cluster needs {missing:?} (scripts/test.sh installs them)");
-    assert!(!ci, "{why}");
-    eprintln!("SKIPPED {why}");
-    false
-}
-
-/// Runs a program (bounded by `timeout(1)`); its exit status and its stdout and stderr.
-async fn run(program: &str, args: Vec<String>) -> (i32, String) {
-    let program = program.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new("timeout")
-            .arg("60")
-            .arg(&program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    })
-    .await
-    .unwrap()
-}
+/// `python3` (with imaplib, smtplib, ssl) and curl, the programs this test runs.
+const TOOLS: [(&str, &str); 2] = [
+    ("python3", "python3 -c 'import imaplib, smtplib, ssl'"),
+    ("curl", "command -v curl"),
+];
 
 /// Runs one step of [`CLIENT`]; fails the test (with the cluster's logs) unless it printed
 /// `OK`.
@@ -224,20 +179,16 @@ async fn client(cluster: &Cluster, args: &[String]) -> String {
         cluster.ca_file().display().to_string(),
     ];
     all.extend(args[1..].iter().cloned());
-    let (status, out) = run("python3", all).await;
+    let (status, out) = run("python3", all, None).await;
     if status != 0 || !out.starts_with("OK") {
         cluster.fail(&format!("client {}: exit {status}: {out}", args[0]));
     }
     out
 }
 
-fn s(values: &[&str]) -> Vec<String> {
-    values.iter().map(|v| (*v).to_owned()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_reads_what_smtp_stored_from_any_node() {
-    if !tools() {
+    if !tools("imap_cluster", &TOOLS) {
         return;
     }
     // A short shard timeout: the quorum-less reads of the last step fail sooner.
@@ -270,12 +221,12 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
     // (a) Delivered on node 0, read and flagged on node 1, the flag seen on node 2.
     client(
         &cluster,
-        &s(&["deliver", &addr(0, "smtp"), ADDRESS, "first-message"]),
+        &strings(&["deliver", &addr(0, "smtp"), ADDRESS, "first-message"]),
     )
     .await;
     client(
         &cluster,
-        &s(&[
+        &strings(&[
             "read-and-flag",
             &addr(1, "imap"),
             ADDRESS,
@@ -286,7 +237,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
     .await;
     client(
         &cluster,
-        &s(&[
+        &strings(&[
             "sees-flag",
             &addr(2, "imap"),
             ADDRESS,
@@ -299,7 +250,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
     // (b) An IDLE on node 1 wakes when mail arrives by SMTP on node 0.
     let out = client(
         &cluster,
-        &s(&[
+        &strings(&[
             "idle",
             &addr(1, "imap"),
             &addr(0, "smtp"),
@@ -319,7 +270,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
         async move {
             run(
                 "curl",
-                s(&[
+                strings(&[
                     "--silent",
                     "--show-error",
                     "--max-time",
@@ -331,6 +282,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
                     &format!("{ADDRESS}:{PASSWORD}"),
                     &url,
                 ]),
+                None,
             )
             .await
         }
@@ -350,7 +302,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
     // A wrong password is refused, not crashed on.
     let (status, refused) = run(
         "curl",
-        s(&[
+        strings(&[
             "--silent",
             "--max-time",
             "30",
@@ -360,6 +312,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
             &format!("{ADDRESS}:wrong"),
             &format!("{imaps}/"),
         ]),
+        None,
     )
     .await;
     if status != 67 {

@@ -13,12 +13,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Options, create_domain_retrying, skip_or_fail};
+use common::{Cluster, Options, create_domain_retrying, run, skip_or_fail, strings, tools};
 use tern_agent::admin::MessageInfo;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -37,31 +36,6 @@ static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 
 // ------------------------------------------------------------------ tools
 
-/// Whether every program (and check) the test needs is there. When one is missing: fails in
-/// CI (`CI` set), else says so and returns false (the test returns).
-fn tools(test: &str, needed: &[(&str, &str)]) -> bool {
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(_, check)| {
-            !Command::new("sh")
-                .args(["-c", check])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|(name, _)| *name)
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    let why = format!("{test} needs {missing:?} (scripts/test.sh installs them)");
-    assert!(!ci, "{why}");
-    eprintln!("SKIPPED {why}");
-    false
-}
-
 const SWAKS: (&str, &str) = ("swaks", "command -v swaks");
 const SWAKS_TLS: (&str, &str) = (
     "swaks TLS (libnet-ssleay-perl, libio-socket-ssl-perl)",
@@ -69,49 +43,6 @@ const SWAKS_TLS: (&str, &str) = (
 );
 const CURL: (&str, &str) = ("curl", "command -v curl");
 const PYTHON: (&str, &str) = ("python3", "python3 -c 'import smtplib, ssl, json'");
-
-/// Runs a program (bounded by `timeout(1)`) and returns its exit status and what it wrote
-/// on stdout and stderr together.
-async fn run(program: &str, args: Vec<String>, stdin: Option<String>) -> (i32, String) {
-    let program = program.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("timeout")
-            .arg("60")
-            .arg(&program)
-            .args(&args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-        if let Some(text) = stdin {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    })
-    .await
-    .unwrap()
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
-}
 
 // ------------------------------------------------------------------ cluster set-up
 

@@ -7,14 +7,17 @@
 //!
 //! - [`session`]: states, sequence numbers, every command; [`wire`]: response fragments.
 //! - [`backend`]: the trait and its types; [`memory`]: an in-memory backend for tests.
-//! - [`server`]: the tokio listener (STARTTLS and implicit TLS with rustls, idle
-//!   timeouts, literal and connection limits, authentication failure limits from
-//!   [`throttle`]); [`limits`]: every limit and its default.
+//! - [`mime`]: MIME structure with raw offsets for ENVELOPE, BODYSTRUCTURE, BINARY.
+//! - [`server`]: the tokio listener (STARTTLS and implicit TLS with rustls, PROXY protocol,
+//!   idle timeouts, literal and connection limits, authentication failure limits from
+//!   [`throttle`]; the accept loop and admission come from `tern-listen`); [`limits`]: every
+//!   limit and its default.
 #![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod limits;
 pub mod memory;
+pub mod mime;
 pub mod server;
 pub mod session;
 pub mod throttle;

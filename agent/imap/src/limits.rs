@@ -26,6 +26,8 @@ pub struct Limits {
     pub auth_failure_window: Duration,
     /// Protocol errors (BAD) before the connection is closed.
     pub max_errors: u32,
+    /// Longest wait for the PROXY protocol header, on a listener that expects one.
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -41,6 +43,27 @@ impl Default for Limits {
             max_auth_failures: 10,
             auth_failure_window: Duration::from_secs(15 * 60),
             max_errors: 20,
+            proxy_header_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl Limits {
+    /// The part of these limits a [`Throttle`](crate::Throttle) enforces. IMAP has no
+    /// command rate of its own: the throttle's default applies, and the server does not
+    /// charge commands.
+    pub fn throttle(&self) -> tern_listen::ThrottleLimits {
+        tern_listen::ThrottleLimits {
+            max_connections_per_address: self.max_connections_per_address,
+            max_auth_failures: u32::try_from(self.max_auth_failures).unwrap_or(u32::MAX),
+            auth_failure_window: self.auth_failure_window,
+            ..tern_listen::ThrottleLimits::default()
+        }
+    }
+}
+
+impl From<Limits> for tern_listen::ThrottleLimits {
+    fn from(limits: Limits) -> Self {
+        limits.throttle()
     }
 }

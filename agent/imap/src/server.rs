@@ -1,7 +1,9 @@
 //! The tokio server: accepts connections on one listener and runs a [`Session`] on each.
 //!
-//! Per connection: the connection limits, the TLS handshake on an implicit-TLS listener
-//! (993), the greeting, then commands framed by `imap-codec`'s fragmentizer. A literal
+//! Per connection: the PROXY header when the listener expects one (bounded in size and
+//! time; without a valid one the connection is closed, and with one its source address is
+//! the client's for logs, limits and throttling), the connection limits, the TLS handshake
+//! on an implicit-TLS listener (993), the greeting, then commands framed by `imap-codec`'s fragmentizer. A literal
 //! larger than [`Limits::max_literal`] is refused when announced, before its bytes are
 //! read (a synchronising one with `NO [TOOBIG]`, a LITERAL+ one with `BYE`, since its bytes
 //! are already on the way). Every wait for the client is bounded: a short timeout before
@@ -23,13 +25,15 @@ use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::auth::AuthenticateData;
 use imap_codec::imap_types::core::LiteralMode;
 use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use tern_listen::accept::{self, Admission, LoopConfig};
+use tern_listen::tls::{HandshakeError, handshake};
+use tern_listen::{ListenerStats, Prefixed};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug};
 
 use crate::backend::Backend;
 use crate::limits::Limits;
@@ -45,19 +49,27 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS from the first byte (993) instead of STARTTLS (143).
     pub implicit_tls: bool,
+    /// Whether every connection starts with a PROXY v1/v2 header (behind a load balancer).
+    pub proxy_protocol: bool,
     /// The limits.
     pub limits: Limits,
 }
 
 impl ListenerConfig {
-    /// A STARTTLS listener with default limits.
+    /// A STARTTLS listener without PROXY protocol, with default limits.
     pub fn new(hostname: impl Into<String>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         ListenerConfig {
             hostname: hostname.into(),
             tls,
             implicit_tls: false,
+            proxy_protocol: false,
             limits: Limits::default(),
         }
+    }
+
+    /// The listener's name in logs: `imaps` or `imap`.
+    pub fn name(&self) -> &'static str {
+        if self.implicit_tls { "imaps" } else { "imap" }
     }
 }
 
@@ -69,17 +81,23 @@ pub enum ServerError {
     Config(&'static str),
 }
 
+/// What a listener counted, for metrics (sessions, refused connections).
+pub type ServerStats = ListenerStats;
+
 /// One listener's server.
 pub struct Server<B> {
     config: Arc<ListenerConfig>,
     backend: Arc<B>,
     throttle: Arc<Throttle>,
     acceptor: Option<TlsAcceptor>,
+    stats: Arc<ServerStats>,
 }
 
+type Plain = Prefixed<TcpStream>;
+
 enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Plain),
+    Tls(Box<TlsStream<Plain>>),
 }
 
 impl AsyncRead for Conn {
@@ -211,7 +229,7 @@ impl Framer {
 impl<B: Backend> Server<B> {
     /// A server for `config` over `backend`, with its own [`Throttle`].
     pub fn new(config: ListenerConfig, backend: Arc<B>) -> Result<Self, ServerError> {
-        let throttle = Throttle::new(config.limits.clone());
+        let throttle = Throttle::new(config.limits.throttle());
         Self::with_throttle(config, backend, throttle)
     }
 
@@ -236,9 +254,12 @@ impl<B: Backend> Server<B> {
                 "hostname must be a non-empty name without spaces",
             ));
         }
-        if config.limits.max_line < 1024 || config.limits.max_errors == 0 {
+        if config.limits.max_line < 1024
+            || config.limits.max_errors == 0
+            || config.limits.max_connections == 0
+        {
             return Err(ServerError::Config(
-                "max_line must be at least 1024 and max_errors at least 1",
+                "max_line must be at least 1024, max_errors and max_connections at least 1",
             ));
         }
         let acceptor = config.tls.clone().map(TlsAcceptor::from);
@@ -247,49 +268,80 @@ impl<B: Backend> Server<B> {
             backend,
             throttle,
             acceptor,
+            stats: Arc::default(),
         })
+    }
+
+    /// What this listener counts (sessions, refused connections); read it for metrics.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Accepts connections on `listener` until `shutdown` completes; then stops accepting
     /// and ends the sessions (clients reconnect to another member).
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                accepted = listener.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(a) => a,
+        let busy = (!self.config.implicit_tls).then(|| b"* BYE Too many connections\r\n".to_vec());
+        let loop_config = LoopConfig {
+            name: self.config.name(),
+            max_connections: self.config.limits.max_connections,
+            full_reply: busy.clone(),
+            shutdown_grace: Duration::ZERO,
+        };
+        let admission = Arc::new(Admission {
+            proxy_protocol: self.config.proxy_protocol,
+            proxy_header_timeout: self.config.limits.proxy_header_timeout,
+            busy_reply: busy,
+            reply_timeout: self.config.limits.unauthenticated_timeout,
+        });
+        accept::serve(
+            listener,
+            shutdown,
+            &loop_config,
+            &self.stats,
+            |tcp, peer, _stop| {
+                let config = Arc::clone(&self.config);
+                let backend = Arc::clone(&self.backend);
+                let throttle = Arc::clone(&self.throttle);
+                let acceptor = self.acceptor.clone();
+                let stats = Arc::clone(&self.stats);
+                let admission = Arc::clone(&admission);
+                let span = tracing::debug_span!(
+                    "imap_connection",
+                    listener = config.name(),
+                    %peer,
+                    client = tracing::field::Empty,
+                );
+                async move {
+                    let admitted = match accept::admit(tcp, peer, &admission, &throttle).await {
+                        Ok(admitted) => admitted,
                         Err(e) => {
-                            warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
+                            debug!(error = %e, "connection refused");
+                            stats.refused();
+                            return;
                         }
                     };
-                    let Some(slot) = self.throttle.connect(peer.ip()) else {
-                        debug!(%peer, "connection refused: limit reached");
-                        let mut tcp = tcp;
-                        let _ = tcp.write_all(b"* BYE Too many connections\r\n").await;
-                        continue;
-                    };
-                    let config = Arc::clone(&self.config);
-                    let backend = Arc::clone(&self.backend);
-                    let throttle = Arc::clone(&self.throttle);
-                    let acceptor = self.acceptor.clone();
-                    tasks.spawn(async move {
-                        let end = connection(tcp, peer, config, backend, throttle, acceptor).await;
-                        match end {
-                            Err(End::Io(e)) => debug!(%peer, error = %e, "connection failed"),
-                            end => debug!(%peer, ?end, "connection ended"),
-                        }
-                        drop(slot);
-                    });
+                    let client = admitted.client;
+                    tracing::Span::current().record("client", tracing::field::display(client));
+                    let end = connection(
+                        admitted.stream,
+                        client,
+                        config,
+                        backend,
+                        throttle,
+                        acceptor,
+                        &stats,
+                    )
+                    .await;
+                    match end {
+                        Err(End::Io(e)) => debug!(error = %e, "connection failed"),
+                        end => debug!(?end, "connection ended"),
+                    }
+                    drop(admitted.slot);
                 }
-            }
-        }
-        tasks.shutdown().await;
+                .instrument(span)
+            },
+        )
+        .await;
     }
 }
 
@@ -348,29 +400,43 @@ async fn next_message(
     }
 }
 
+impl From<HandshakeError> for End {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Failed(e) => End::Io(e),
+            HandshakeError::Timeout => End::Timeout,
+        }
+    }
+}
+
+/// Serves one admitted connection from `client` (the PROXY header's source, or the peer).
 async fn connection<B: Backend>(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    plain: Plain,
+    client: SocketAddr,
     config: Arc<ListenerConfig>,
     backend: Arc<B>,
     throttle: Arc<Throttle>,
     acceptor: Option<TlsAcceptor>,
+    stats: &ServerStats,
 ) -> Result<(), End> {
     let limits = &config.limits;
     let mut conn = match (&acceptor, config.implicit_tls) {
         (Some(acceptor), true) => {
-            match timeout(limits.unauthenticated_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
-                Ok(Err(e)) => return Err(End::Io(e)),
-                Err(_) => return Err(End::Timeout),
+            match handshake(acceptor, plain, limits.unauthenticated_timeout).await {
+                Ok(tls) => Conn::Tls(Box::new(tls)),
+                Err(e) => {
+                    stats.refused();
+                    return Err(e.into());
+                }
             }
         }
-        _ => Conn::Plain(tcp),
+        _ => Conn::Plain(plain),
     };
+    stats.session();
     let session_config = SessionConfig {
         hostname: config.hostname.clone(),
         starttls: acceptor.is_some() && !config.implicit_tls,
-        peer: peer.ip(),
+        peer: client.ip(),
     };
     let tls = matches!(conn, Conn::Tls(_));
     let mut session = Session::new(backend, throttle, session_config, tls);
@@ -459,14 +525,12 @@ async fn connection<B: Backend>(
                 return Ok(());
             }
             Outcome::StartTls => {
-                let (Conn::Plain(tcp), Some(acceptor)) = (conn, &acceptor) else {
+                let (Conn::Plain(plain), Some(acceptor)) = (conn, &acceptor) else {
                     return Err(End::Closed);
                 };
-                conn = match timeout(limits.unauthenticated_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => Conn::Tls(Box::new(tls)),
-                    Ok(Err(e)) => return Err(End::Io(e)),
-                    Err(_) => return Err(End::Timeout),
-                };
+                conn = Conn::Tls(Box::new(
+                    handshake(acceptor, plain, limits.unauthenticated_timeout).await?,
+                ));
                 // Anything pipelined after STARTTLS in clear text is dropped.
                 framer = Framer::new(limits);
                 session.tls_started();

@@ -8,6 +8,7 @@
 //! CHECK, IDLE and after the session's own EXPUNGE/MOVE/COPY/APPEND, never during
 //! FETCH/STORE/SEARCH by sequence number.
 
+use std::cell::OnceCell;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use imap_codec::imap_types::status::StatusDataItemName;
 use tokio::sync::watch;
 
 use crate::backend::{Account, AuthVerdict, Backend, BackendError, FlagOp, MessageMeta};
+use crate::mime;
 use crate::throttle::Throttle;
 use crate::wire;
 
@@ -191,6 +193,7 @@ impl<B: Backend> Session<B> {
             "UIDPLUS",
             "CONDSTORE",
             "SPECIAL-USE",
+            "BINARY",
         ]);
         caps.join(" ")
     }
@@ -889,35 +892,6 @@ impl<B: Backend> Session<B> {
                 n.into_iter().map(|n| n.into_static()).collect::<Vec<_>>()
             }
         };
-        for n in &names {
-            if matches!(
-                n,
-                MessageDataItemName::Envelope
-                    | MessageDataItemName::BodyStructure
-                    | MessageDataItemName::Body
-                    | MessageDataItemName::Binary { .. }
-                    | MessageDataItemName::BinarySize { .. }
-            ) {
-                return no("ENVELOPE, BODYSTRUCTURE and BINARY are not supported yet");
-            }
-            if let MessageDataItemName::BodyExt {
-                section: Some(section),
-                ..
-            } = n
-            {
-                let supported = match section {
-                    Section::Header(None)
-                    | Section::Text(None)
-                    | Section::HeaderFields(None, _)
-                    | Section::HeaderFieldsNot(None, _) => true,
-                    Section::Part(p) => p.0.as_ref() == [std::num::NonZeroU32::MIN],
-                    _ => false,
-                };
-                if !supported {
-                    return no("This body section is not supported yet");
-                }
-            }
-        }
         if changed_since.is_some()
             || names
                 .iter()
@@ -937,6 +911,7 @@ impl<B: Backend> Session<B> {
                 matches!(
                     n,
                     MessageDataItemName::BodyExt { peek: false, .. }
+                        | MessageDataItemName::Binary { peek: false, .. }
                         | MessageDataItemName::Rfc822
                         | MessageDataItemName::Rfc822Text
                 )
@@ -980,16 +955,17 @@ impl<B: Backend> Session<B> {
         if add_flags {
             names.push(MessageDataItemName::Flags);
         }
+        let needs_body = names.iter().any(|n| {
+            !matches!(
+                n,
+                MessageDataItemName::Uid
+                    | MessageDataItemName::Flags
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
+            )
+        });
         for (seq, meta) in &metas {
-            let needs_body = names.iter().any(|n| {
-                matches!(
-                    n,
-                    MessageDataItemName::BodyExt { .. }
-                        | MessageDataItemName::Rfc822
-                        | MessageDataItemName::Rfc822Header
-                        | MessageDataItemName::Rfc822Text
-                )
-            });
             let body = if needs_body {
                 match self.backend.message(&account, &name, meta.uid).await? {
                     Some(b) => b,
@@ -998,14 +974,16 @@ impl<B: Backend> Session<B> {
             } else {
                 Vec::new()
             };
-            out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+            let structure = OnceCell::new();
+            let mut line = format!("* {seq} FETCH (").into_bytes();
             for (i, n) in names.iter().enumerate() {
                 if i > 0 {
-                    out.push(b' ');
+                    line.push(b' ');
                 }
-                fetch_item(n, meta, &body, out);
+                fetch_item(n, meta, &body, &structure, &mut line)?;
             }
-            out.extend_from_slice(b")\r\n");
+            line.extend_from_slice(b")\r\n");
+            out.extend_from_slice(&line);
         }
         Ok(())
     }
@@ -1413,28 +1391,7 @@ fn split_header(body: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// The header fields of `header` (with continuation lines), as `(name, whole field)`.
-fn header_fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < header.len() {
-        let end = header[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(header.len(), |p| i + p + 1);
-        let next_continues = header.get(end).is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !next_continues {
-            let field = &header[start..end];
-            if let Some(colon) = field.iter().position(|&b| b == b':') {
-                fields.push((&field[..colon], field));
-            }
-            start = end;
-        }
-        i = end;
-    }
-    fields
-}
+use mime::header_fields;
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty()
@@ -1451,7 +1408,155 @@ fn header_contains(body: &[u8], field: &str, value: &[u8]) -> bool {
     })
 }
 
-fn fetch_item(n: &MessageDataItemName<'_>, meta: &MessageMeta, body: &[u8], out: &mut Vec<u8>) {
+/// The numeric part path of a section (empty for the top-level message).
+fn section_path(s: &Section<'_>) -> Option<Vec<u32>> {
+    let part = match s {
+        Section::Part(p) | Section::Mime(p) => Some(p),
+        Section::Header(p)
+        | Section::Text(p)
+        | Section::HeaderFields(p, _)
+        | Section::HeaderFieldsNot(p, _) => p.as_ref(),
+    };
+    Some(part.map_or_else(Vec::new, |p| p.0.as_ref().iter().map(|n| n.get()).collect()))
+}
+
+fn path_label(path: &[u32]) -> String {
+    path.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The bytes a BODY[section] names, and the section's label; `None` when the message has
+/// no such part (answered with NIL).
+fn body_section(
+    section: &Section<'_>,
+    body: &[u8],
+    root: &mime::Part,
+) -> (String, Option<Vec<u8>>) {
+    let path = section_path(section).unwrap_or_default();
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{}.", path_label(&path))
+    };
+    let part = mime::part_at(root, &path);
+    // The message whose header HEADER*/TEXT refer to: the top level, or an encapsulated one.
+    let message = if path.is_empty() {
+        Some(root)
+    } else {
+        part.and_then(|p| match &p.kind {
+            mime::Kind::Message(inner) => Some(&**inner),
+            _ => None,
+        })
+    };
+    match section {
+        Section::Part(_) => (
+            path_label(&path),
+            part.map(|p| body[p.body.clone()].to_vec()),
+        ),
+        Section::Mime(_) => (
+            format!("{prefix}MIME"),
+            part.map(|p| body[p.header.clone()].to_vec()),
+        ),
+        Section::Header(_) => (
+            format!("{prefix}HEADER"),
+            message.map(|m| body[m.header.clone()].to_vec()),
+        ),
+        Section::Text(_) => (
+            format!("{prefix}TEXT"),
+            message.map(|m| body[m.body.clone()].to_vec()),
+        ),
+        Section::HeaderFields(_, names) | Section::HeaderFieldsNot(_, names) => {
+            let not = matches!(section, Section::HeaderFieldsNot(..));
+            let wanted: Vec<&[u8]> = names.as_ref().iter().map(|a| a.as_ref()).collect();
+            let data = message.map(|m| {
+                let mut data = Vec::new();
+                for (name, whole) in header_fields(&body[m.header.clone()]) {
+                    let hit = wanted
+                        .iter()
+                        .any(|w| w.eq_ignore_ascii_case(name.trim_ascii()));
+                    if hit != not {
+                        data.extend_from_slice(whole);
+                    }
+                }
+                data.extend_from_slice(b"\r\n");
+                data
+            });
+            let mut quoted = Vec::new();
+            for (i, w) in wanted.iter().enumerate() {
+                if i > 0 {
+                    quoted.push(b' ');
+                }
+                wire::string(&mut quoted, w);
+            }
+            let kind = if not {
+                "HEADER.FIELDS.NOT"
+            } else {
+                "HEADER.FIELDS"
+            };
+            (
+                format!("{prefix}{kind} ({})", String::from_utf8_lossy(&quoted)),
+                data,
+            )
+        }
+    }
+}
+
+/// Appends `data` (or NIL) after its item label, cut to `partial`. Content with NUL
+/// bytes goes as a literal8 (`~{n}`, RFC 3516), which only BINARY may use.
+fn section_value(
+    out: &mut Vec<u8>,
+    label: &str,
+    data: Option<&[u8]>,
+    partial: Option<(u32, std::num::NonZeroU32)>,
+    binary: bool,
+) {
+    out.extend_from_slice(label.as_bytes());
+    let data = match (data, partial) {
+        (None, _) => {
+            out.extend_from_slice(b" NIL");
+            return;
+        }
+        (Some(d), Some((origin, len))) => {
+            out.extend_from_slice(format!("<{origin}>").as_bytes());
+            let start = (origin as usize).min(d.len());
+            let end = start.saturating_add(len.get() as usize).min(d.len());
+            &d[start..end]
+        }
+        (Some(d), None) => d,
+    };
+    out.push(b' ');
+    if binary && data.contains(&0) {
+        out.push(b'~');
+    }
+    wire::literal(out, data);
+}
+
+/// The transfer-decoded content a BINARY[section] names; `Ok(None)` for no such part.
+fn binary_section(path: &[u32], body: &[u8], root: &mime::Part) -> Result<Option<Vec<u8>>, Fail> {
+    if path.is_empty() {
+        return Ok(Some(body.to_vec()));
+    }
+    match mime::part_at(root, path) {
+        None => Ok(None),
+        Some(part) => mime::decoded_body(body, part).map(Some).map_err(|e| {
+            Fail::No(format!(
+                "[UNKNOWN-CTE] Cannot decode content-transfer-encoding {}",
+                sanitize(&e.0)
+            ))
+        }),
+    }
+}
+
+fn fetch_item(
+    n: &MessageDataItemName<'_>,
+    meta: &MessageMeta,
+    body: &[u8],
+    structure: &OnceCell<mime::Part>,
+    out: &mut Vec<u8>,
+) -> Result<(), Fail> {
+    let root = || structure.get_or_init(|| mime::parse(body));
     match n {
         MessageDataItemName::Uid => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
         MessageDataItemName::Flags => {
@@ -1481,71 +1586,48 @@ fn fetch_item(n: &MessageDataItemName<'_>, meta: &MessageMeta, body: &[u8], out:
             out.extend_from_slice(b"RFC822.TEXT ");
             wire::literal(out, split_header(body).1);
         }
+        MessageDataItemName::Envelope => {
+            out.extend_from_slice(b"ENVELOPE ");
+            mime::envelope(out, &body[root().header.clone()]);
+        }
+        MessageDataItemName::BodyStructure => {
+            out.extend_from_slice(b"BODYSTRUCTURE ");
+            mime::body_structure(out, body, root(), true);
+        }
+        MessageDataItemName::Body => {
+            out.extend_from_slice(b"BODY ");
+            mime::body_structure(out, body, root(), false);
+        }
         MessageDataItemName::BodyExt {
             section, partial, ..
         } => {
-            let (label, data): (String, Vec<u8>) = match section {
-                None => (String::new(), body.to_vec()),
-                Some(Section::Header(None)) => ("HEADER".into(), split_header(body).0.to_vec()),
-                Some(Section::Text(None)) => ("TEXT".into(), split_header(body).1.to_vec()),
-                Some(Section::HeaderFields(None, names))
-                | Some(Section::HeaderFieldsNot(None, names)) => {
-                    let not = matches!(section, Some(Section::HeaderFieldsNot(..)));
-                    let wanted: Vec<&[u8]> = names.as_ref().iter().map(|a| a.as_ref()).collect();
-                    let mut data = Vec::new();
-                    for (name, whole) in header_fields(split_header(body).0) {
-                        let hit = wanted
-                            .iter()
-                            .any(|w| w.eq_ignore_ascii_case(name.trim_ascii()));
-                        if hit != not {
-                            data.extend_from_slice(whole);
-                        }
-                    }
-                    data.extend_from_slice(b"\r\n");
-                    let list: Vec<String> = wanted
-                        .iter()
-                        .map(|w| String::from_utf8_lossy(w).into_owned())
-                        .collect();
-                    let mut label = if not {
-                        "HEADER.FIELDS.NOT (".to_string()
-                    } else {
-                        "HEADER.FIELDS (".to_string()
-                    };
-                    let mut quoted = Vec::new();
-                    for (i, w) in list.iter().enumerate() {
-                        if i > 0 {
-                            quoted.push(b' ');
-                        }
-                        wire::string(&mut quoted, w.as_bytes());
-                    }
-                    label.push_str(&String::from_utf8_lossy(&quoted));
-                    label.push(')');
-                    (label, data)
-                }
-                // Part numbers need the MIME structure: section 1 of a single-part message
-                // is its text; deeper parts are not served yet (empty).
-                Some(Section::Part(p)) if p.0.as_ref() == [std::num::NonZeroU32::MIN] => {
-                    ("1".into(), split_header(body).1.to_vec())
-                }
-                Some(_) => ("1".into(), split_header(body).1.to_vec()),
+            let (label, data) = match section {
+                None => (String::new(), Some(body.to_vec())),
+                Some(s) => body_section(s, body, root()),
             };
-            out.extend_from_slice(format!("BODY[{label}]").as_bytes());
-            match partial {
-                Some((origin, len)) => {
-                    let start = (*origin as usize).min(data.len());
-                    let end = start.saturating_add(len.get() as usize).min(data.len());
-                    out.extend_from_slice(format!("<{origin}> ").as_bytes());
-                    wire::literal(out, &data[start..end]);
-                }
-                None => {
-                    out.push(b' ');
-                    wire::literal(out, &data);
-                }
-            }
+            section_value(
+                out,
+                &format!("BODY[{label}]"),
+                data.as_deref(),
+                *partial,
+                false,
+            );
         }
-        // Refused before any output by `fetch`.
-        _ => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
+        MessageDataItemName::Binary {
+            section, partial, ..
+        } => {
+            let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+            let data = binary_section(&path, body, root())?;
+            let label = format!("BINARY[{}]", path_label(&path));
+            section_value(out, &label, data.as_deref(), *partial, true);
+        }
+        MessageDataItemName::BinarySize { section } => {
+            let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+            let size = binary_section(&path, body, root())?.map_or(0, |d| d.len());
+            out.extend_from_slice(format!("BINARY.SIZE[{}] {size}", path_label(&path)).as_bytes());
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1579,7 +1661,7 @@ mod tests {
             .expect("parses");
         let mut out = Vec::new();
         s.handle(command, &mut out).await;
-        String::from_utf8(out).unwrap()
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
@@ -1671,6 +1753,62 @@ mod tests {
             run(&mut s, "j STORE 1 +FLAGS (\\Seen)\r\n")
                 .await
                 .starts_with("j NO [READ-ONLY]")
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_envelope_structure_parts_and_binary() {
+        let (backend, mut s) = session(true);
+        run(&mut s, "a LOGIN alice secret\r\n").await;
+        let mixed = crate::mime::tests::MIXED.replace('\n', "\r\n");
+        backend.deliver("alice", "INBOX", mixed.as_bytes()).unwrap();
+        backend
+            .deliver(
+                "alice",
+                "INBOX",
+                b"Subject: uu\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n",
+            )
+            .unwrap();
+        run(&mut s, "b SELECT INBOX\r\n").await;
+        let out = run(&mut s, "c FETCH 1 (ENVELOPE BODY)\r\n").await;
+        assert!(
+            out.starts_with(
+                "* 1 FETCH (ENVELOPE (NIL \"report\" ((NIL NIL \"alice\" \"example.org\")) "
+            ) && out.contains(" BODY ((\"text\" \"plain\" NIL NIL NIL \"7bit\" 13 1)(")
+                && out.ends_with("\"mixed\"))\r\nc OK completed\r\n"),
+            "{out}"
+        );
+        let out = run(&mut s, "d FETCH 1 (BODY.PEEK[3.2] BODY.PEEK[3.HEADER.FIELDS (Subject)] BODY.PEEK[2.MIME]<0.12> BODY.PEEK[9])\r\n").await;
+        assert_eq!(
+            out,
+            "* 1 FETCH (BODY[3.2] {12}\r\n<b>inner</b> \
+             BODY[3.HEADER.FIELDS (\"Subject\")] {18}\r\nSubject: inner\r\n\r\n \
+             BODY[2.MIME]<0> {12}\r\nContent-Type BODY[9] NIL)\r\nd OK completed\r\n"
+        );
+        let out = run(
+            &mut s,
+            "e FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2] BINARY.PEEK[1]<4.4>)\r\n",
+        )
+        .await;
+        assert_eq!(
+            out,
+            "* 1 FETCH (BINARY[2] ~{4}\r\n\0\x01\x02\u{ff} BINARY.SIZE[2] 4 BINARY[1]<4> {4}\r\natta)\r\ne OK completed\r\n"
+                .replace('\u{ff}', "\u{fffd}"),
+            "{out}"
+        );
+        let out = run(&mut s, "f FETCH 1 (FLAGS)\r\n").await;
+        assert!(!out.contains("\\Seen"), "PEEK leaves \\Seen alone: {out}");
+        let out = run(&mut s, "g FETCH 1 (BINARY[1])\r\n").await;
+        assert!(out.contains("\\Seen"), "BINARY sets \\Seen: {out}");
+        let out = run(&mut s, "h FETCH 2 (BINARY[1])\r\n").await;
+        assert_eq!(
+            out,
+            "h NO [UNKNOWN-CTE] Cannot decode content-transfer-encoding x-uuencode\r\n"
+        );
+        assert!(
+            run(&mut s, "i FETCH 1:2 BODYSTRUCTURE\r\n")
+                .await
+                .contains("* 2 FETCH (BODYSTRUCTURE (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"x-uuencode\" 7 1 NIL NIL NIL NIL))")
         );
     }
 

@@ -1,5 +1,7 @@
 """Drives tern-imap with Python's imaplib: argv = STARTTLS port, implicit-TLS port.
 Exits non-zero (AssertionError) on the first unexpected answer."""
+import email
+import email.policy
 import imaplib
 import socket
 import ssl
@@ -111,6 +113,44 @@ m.send(b"DONE\r\n")
 line = m.readline()
 assert line.startswith(tag + b" OK"), line
 other.logout()
+
+# MIME: ENVELOPE, BODYSTRUCTURE, numeric sections and BINARY on a message built by the
+# email module: mixed(alternative(plain, html), attachment with NUL bytes in base64).
+from email.message import EmailMessage
+mime = EmailMessage()
+mime["From"] = "=?utf-8?q?Ren=C3=A9?= <rene@example.org>"
+mime["To"] = "team: ann@example.org, ben@example.org;"
+mime["Subject"] = "Report"
+mime["Message-ID"] = "<report@example.org>"
+mime.set_content("See the figures.\n")
+mime.add_alternative("<p>See the figures.</p>\n", subtype="html")
+blob = bytes([0, 1, 2, 255]) * 40
+mime.add_attachment(blob, maintype="application", subtype="octet-stream", filename="data.bin")
+raw = mime.as_bytes(policy=email.policy.SMTP)
+ok(m.append("INBOX", None, None, raw))
+ok(m.select("INBOX"))
+data = ok(m.fetch("2", "(ENVELOPE BODYSTRUCTURE)"))
+line = data[0] if isinstance(data[0], bytes) else b"".join(
+    x if isinstance(x, bytes) else x[0] + x[1] for x in data)
+assert (b'ENVELOPE (NIL "Report" (("=?utf-8?q?Ren=C3=A9?=" NIL "rene" "example.org")) '
+        in line), line
+assert b'((NIL NIL "team" NIL)(NIL NIL "ann" "example.org")(NIL NIL "ben" "example.org")(NIL NIL NIL NIL))' in line, line
+assert b'"<report@example.org>")' in line, line
+assert b'"alternative" ("boundary" ' in line and b'"mixed" ("boundary" ' in line, line
+assert (b'("application" "octet-stream" NIL NIL NIL "base64" ' in line
+        and b'("attachment" ("filename" "data.bin"))' in line), line
+data = ok(m.fetch("2", "(BODY.PEEK[1.2.MIME] BODY.PEEK[1.2] BINARY.PEEK[2] BINARY.SIZE[2])"))
+header, html, binary = data[0][1], data[1][1], data[2][1]
+part = email.message_from_bytes(header + html)
+assert part.get_content_type() == "text/html", header
+assert part.get_payload(decode=True) == b"<p>See the figures.</p>\r\n", html
+expected = email.message_from_bytes(raw).get_payload(0).get_payload(1).get_payload()
+assert html == expected.encode() == b"<p>See the figures.</p>\r\n", (html, expected)
+assert binary == blob, binary
+assert b"BINARY.SIZE[2] %d" % len(blob) in data[-1], data
+data = ok(m.fetch("2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)] BINARY.PEEK[1.1])"))
+assert data[0][1].strip() == b"Subject: Report", data
+assert data[1][1] == b"See the figures.\r\n", data
 m.logout()
 
 # Raw socket: wrong state, huge literal, unbalanced parentheses; still serving.

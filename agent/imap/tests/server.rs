@@ -26,12 +26,18 @@ fn tls_config() -> Arc<rustls::ServerConfig> {
 
 /// Starts a STARTTLS and an implicit-TLS listener sharing one throttle; returns the ports.
 async fn start(backend: Arc<MemoryBackend>, limits: Limits) -> (u16, u16) {
+    start_with(backend, limits, false).await
+}
+
+/// As [`start`], with or without the PROXY protocol on both listeners.
+async fn start_with(backend: Arc<MemoryBackend>, limits: Limits, proxy: bool) -> (u16, u16) {
     let tls = tls_config();
     let throttle = Throttle::new(limits.clone());
     let mut ports = Vec::new();
     for implicit in [false, true] {
         let mut config = ListenerConfig::new("imap.test", Some(Arc::clone(&tls)));
         config.implicit_tls = implicit;
+        config.proxy_protocol = proxy;
         config.limits = limits.clone();
         let server =
             Server::with_throttle(config, Arc::clone(&backend), Arc::clone(&throttle)).unwrap();
@@ -157,4 +163,76 @@ async fn unauthenticated_idle_timeout() {
     let mut a = BufReader::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     line(&mut a).await;
     assert!(line(&mut a).await.starts_with("* BYE Autologout"));
+}
+
+/// A PROXY v2 header for a TCP over IPv4 connection from `source`.
+fn proxy_v2(source: [u8; 4], port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+    header.extend_from_slice(&source);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&port.to_be_bytes());
+    header.extend_from_slice(&143u16.to_be_bytes());
+    header
+}
+
+async fn connect_with(port: u16, first: &[u8]) -> BufReader<TcpStream> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(first).await.unwrap();
+    BufReader::new(tcp)
+}
+
+#[tokio::test]
+async fn proxy_protocol_address_counts_for_the_limits_and_no_header_is_refused() {
+    let backend = Arc::new(MemoryBackend::new());
+    let limits = Limits {
+        max_connections_per_address: 1,
+        ..small_limits()
+    };
+    let (port, _) = start_with(backend, limits, true).await;
+
+    // The header's 10.0.0.1 holds the one connection it may.
+    let mut a = connect_with(port, &proxy_v2([10, 0, 0, 1], 40001)).await;
+    assert!(line(&mut a).await.starts_with("* OK"));
+
+    // Another connection claiming 10.0.0.1 is over the limit, though its TCP peer differs
+    // in port only like every other connection here.
+    let mut b = connect_with(port, &proxy_v2([10, 0, 0, 1], 40002)).await;
+    assert!(line(&mut b).await.starts_with("* BYE Too many connections"));
+
+    // 10.0.0.2, from the same TCP peer address 127.0.0.1, is served; a command sent in the
+    // same packet as the header is read as IMAP.
+    let mut first = proxy_v2([10, 0, 0, 2], 40003);
+    first.extend_from_slice(b"c CAPABILITY\r\n");
+    let mut c = connect_with(port, &first).await;
+    assert!(line(&mut c).await.starts_with("* OK"));
+    assert!(line(&mut c).await.starts_with("* CAPABILITY"));
+    assert!(line(&mut c).await.starts_with("c OK"));
+
+    // A PROXY v1 header works as well.
+    let mut v1 = connect_with(port, b"PROXY TCP4 10.0.0.3 127.0.0.1 40004 143\r\n").await;
+    assert!(line(&mut v1).await.starts_with("* OK"));
+
+    // Without a header: closed before any greeting.
+    let mut d = connect_with(port, b"d CAPABILITY\r\n").await;
+    assert_eq!(line(&mut d).await, "", "refused without a word");
+    // A header that breaks the format: closed as well.
+    let mut bad = proxy_v2([10, 0, 0, 4], 40005);
+    bad[12] = 0x11;
+    let mut e = connect_with(port, &bad).await;
+    assert_eq!(line(&mut e).await, "");
+
+    // The refused connections took no slot: 10.0.0.1's is still the only one held, and
+    // freeing it lets the next 10.0.0.1 in.
+    drop(a);
+    let mut again = None;
+    for _ in 0..50 {
+        let mut f = connect_with(port, &proxy_v2([10, 0, 0, 1], 40006)).await;
+        if line(&mut f).await.starts_with("* OK") {
+            again = Some(f);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the slot of 10.0.0.1 is released on close");
 }

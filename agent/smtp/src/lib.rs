@@ -11,9 +11,10 @@
 //!   PLAIN and LOGIN; [`reply`]: replies and their wire form.
 //! - [`backend`]: the trait, its verdicts, and the rule for acknowledging a message;
 //!   [`envelope`]: what is delivered, with its idempotency key and Received header.
-//! - [`server`]: the tokio listener (implicit TLS and STARTTLS with rustls, PROXY protocol
-//!   from [`proxy`], connection, command and authentication limits from [`throttle`],
-//!   idle timeouts, graceful shutdown); [`limits`]: every limit and its default.
+//! - [`server`]: the tokio listener (implicit TLS and STARTTLS with rustls; the accept loop,
+//!   the PROXY protocol and the connection, command and authentication limits come from
+//!   `tern-listen`, re-exported as [`proxy`] and [`throttle`]; idle timeouts, graceful
+//!   shutdown); [`limits`]: every limit and its default.
 //! - [`harness`]: drives a session from arbitrary bytes for the fuzz target and the
 //!   property tests.
 #![forbid(unsafe_code)]
@@ -26,11 +27,9 @@ pub mod harness;
 pub mod header;
 pub mod limits;
 pub mod parser;
-pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod session;
-pub mod throttle;
 
 pub use backend::{Account, AuthVerdict, Backend, DeliveryStatus, RcptVerdict, SenderVerdict};
 pub use envelope::{Delivery, DeliveryKey, Envelope, Recipient, SessionId};
@@ -38,4 +37,5 @@ pub use limits::Limits;
 pub use reply::{Reply, Status};
 pub use server::{ListenerConfig, ListenerKind, Server, ServerError, ServerStats};
 pub use session::{Action, Protocol, Session, SessionConfig, SessionInfo, TlsInfo};
+pub use tern_listen::{proxy, throttle};
 pub use throttle::Throttle;

@@ -66,3 +66,22 @@ impl Default for Limits {
         }
     }
 }
+
+impl Limits {
+    /// The part of these limits a [`Throttle`](crate::Throttle) enforces.
+    pub fn throttle(&self) -> tern_listen::ThrottleLimits {
+        tern_listen::ThrottleLimits {
+            max_connections_per_address: self.max_connections_per_address,
+            commands_per_second: self.commands_per_second,
+            command_burst: self.command_burst,
+            max_auth_failures: self.max_auth_failures,
+            auth_failure_window: self.auth_failure_window,
+        }
+    }
+}
+
+impl From<Limits> for tern_listen::ThrottleLimits {
+    fn from(limits: Limits) -> Self {
+        limits.throttle()
+    }
+}

@@ -15,16 +15,13 @@ use std::future::Future;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tern_listen::accept::{self, Admission, LoopConfig, Refused, Stop};
+use tern_listen::tls::handshake;
+use tern_listen::{ListenerStats, Prefixed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, warn};
@@ -32,7 +29,6 @@ use tracing::{Instrument, debug, info, warn};
 use crate::backend::{AuthVerdict, Backend, DeliveryStatus};
 use crate::envelope::{SessionId, received_header};
 use crate::limits::Limits;
-use crate::proxy;
 use crate::reply::canned;
 use crate::session::{Action, Protocol, Session, SessionConfig, SessionInfo, TlsInfo};
 use crate::throttle::Throttle;
@@ -111,22 +107,8 @@ pub enum ServerError {
     Config(&'static str),
 }
 
-/// What a listener counted, for metrics.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    /// Connections that became sessions (after the PROXY header, the connection limits and,
-    /// on an implicit-TLS listener, the handshake).
-    pub sessions: AtomicU64,
-    /// Connections closed before a session began: a full listener, too many connections
-    /// from one address, no valid PROXY header, a failed implicit-TLS handshake.
-    pub refused: AtomicU64,
-}
-
-impl ServerStats {
-    fn refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-}
+/// What a listener counted, for metrics (sessions, refused connections).
+pub type ServerStats = ListenerStats;
 
 struct Shared<B> {
     config: ListenerConfig,
@@ -144,7 +126,7 @@ pub struct Server<B> {
 impl<B: Backend> Server<B> {
     /// A server for `config` storing through `backend`, with its own [`Throttle`].
     pub fn new(config: ListenerConfig, backend: Arc<B>) -> Result<Self, ServerError> {
-        let throttle = Throttle::new(config.limits.clone());
+        let throttle = Throttle::new(config.limits.throttle());
         Self::with_throttle(config, backend, throttle)
     }
 
@@ -200,119 +182,24 @@ impl<B: Backend> Server<B> {
     /// Accepts connections on `listener` until `shutdown` completes, then shuts down
     /// gracefully and returns once every session has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let kind = self.shared.config.kind;
-        let max_connections = self.shared.config.limits.max_connections;
-        let grace = self.shared.config.limits.shutdown_grace;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut sessions = JoinSet::new();
-        tokio::pin!(shutdown);
-        info!(listener = kind.as_str(), address = ?listener.local_addr().ok(), "listening");
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
-                    if let Err(e) = done {
-                        warn!(error = %e, "session task failed");
-                    }
-                }
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        if sessions.len() >= max_connections {
-                            debug!(%peer, "listener full");
-                            self.shared.stats.refused();
-                            if kind != ListenerKind::Smtps {
-                                // Best effort, without waiting on a client that does not read.
-                                let _ = tcp.try_write(&canned::too_many_connections().to_bytes());
-                            }
-                            continue;
-                        }
-                        sessions.spawn(connection(Arc::clone(&self.shared), tcp, peer, stop_rx.clone()));
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause rather than spin.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        info!(
-            listener = kind.as_str(),
-            sessions = sessions.len(),
-            "shutting down"
-        );
-        let deadline = tokio::time::sleep(grace);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                done = sessions.join_next() => if done.is_none() { break },
-                () = &mut deadline => {
-                    warn!(listener = kind.as_str(), sessions = sessions.len(), "grace period over, aborting sessions");
-                    sessions.abort_all();
-                    while sessions.join_next().await.is_some() {}
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// A stream that first yields bytes already read from it (what followed the PROXY header).
-pub struct Prefixed<S> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: S,
-}
-
-impl<S> Prefixed<S> {
-    /// `inner`, with `prefix` read first.
-    pub fn new(inner: S, prefix: Vec<u8>) -> Self {
-        Prefixed {
-            prefix,
-            pos: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.pos);
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let config = &self.shared.config;
+        let implicit_tls = config.kind == ListenerKind::Smtps;
+        let busy = (!implicit_tls).then(|| canned::too_many_connections().to_bytes());
+        let loop_config = LoopConfig {
+            name: config.kind.as_str(),
+            max_connections: config.limits.max_connections,
+            full_reply: busy,
+            shutdown_grace: config.limits.shutdown_grace,
+        };
+        let shared = &self.shared;
+        accept::serve(
+            listener,
+            shutdown,
+            &loop_config,
+            &shared.stats,
+            |tcp, peer, stop| connection(Arc::clone(shared), tcp, peer, stop),
+        )
+        .await;
     }
 }
 
@@ -366,28 +253,11 @@ fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
     TlsInfo { version, cipher }
 }
 
-async fn read_proxy_header(tcp: &mut TcpStream) -> Result<(proxy::ProxyHeader, Vec<u8>), String> {
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 512];
-    loop {
-        match proxy::parse(&buf) {
-            Ok(Some((header, used))) => return Ok((header, buf.split_off(used))),
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        let n = tcp.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed before the PROXY header".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 async fn connection<B: Backend>(
     shared: Arc<Shared<B>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     let id = SessionId::random();
     let span = tracing::info_span!(
@@ -404,61 +274,47 @@ async fn connection<B: Backend>(
 
 async fn run_connection<B: Backend>(
     shared: Arc<Shared<B>>,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
     id: SessionId,
 ) {
     let config = &shared.config;
     let limits = &config.limits;
-    let _ = tcp.set_nodelay(true);
-    let (client, leftover) = if config.proxy_protocol {
-        match timeout(limits.proxy_header_timeout, read_proxy_header(&mut tcp)).await {
-            Ok(Ok((header, leftover))) => (header.source.unwrap_or(peer), leftover),
-            Ok(Err(e)) => {
-                warn!(error = %e, "connection refused: no valid PROXY header");
-                shared.stats.refused();
-                return;
-            }
-            Err(_) => {
-                warn!("connection refused: no PROXY header in time");
-                shared.stats.refused();
-                return;
-            }
-        }
-    } else {
-        (peer, Vec::new())
+    let implicit_tls = config.kind == ListenerKind::Smtps;
+    let admission = Admission {
+        proxy_protocol: config.proxy_protocol,
+        proxy_header_timeout: limits.proxy_header_timeout,
+        busy_reply: (!implicit_tls).then(|| canned::too_many_connections().to_bytes()),
+        reply_timeout: limits.idle_timeout,
     };
+    let admitted = match accept::admit(tcp, peer, &admission, &shared.throttle).await {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            match &e {
+                Refused::Proxy(_) => warn!(error = %e, "connection refused"),
+                Refused::TooManyFromAddress(_) => {
+                    warn!("too many connections from this address")
+                }
+            }
+            shared.stats.refused();
+            return;
+        }
+    };
+    let client = admitted.client;
+    let _slot = admitted.slot;
+    let plain = admitted.stream;
     tracing::Span::current().record("client", tracing::field::display(client));
-    let plain = Prefixed::new(tcp, leftover);
-    let Some(_slot) = shared.throttle.connect(client.ip()) else {
-        warn!("too many connections from this address");
-        shared.stats.refused();
-        if config.kind != ListenerKind::Smtps {
-            let mut plain = plain;
-            let _ = timeout(
-                limits.idle_timeout,
-                plain.write_all(&canned::too_many_connections().to_bytes()),
-            )
-            .await;
-        }
-        return;
-    };
     let mut info = SessionInfo::new(id, config.kind.protocol(), client, peer);
     let conn = match (&shared.acceptor, config.kind) {
         (Some(acceptor), ListenerKind::Smtps) => {
-            match timeout(limits.tls_handshake_timeout, acceptor.accept(plain)).await {
-                Ok(Ok(tls)) => {
+            match handshake(acceptor, plain, limits.tls_handshake_timeout).await {
+                Ok(tls) => {
                     info.tls = Some(tls_info(tls.get_ref().1));
                     Conn::Tls(Box::new(tls))
                 }
-                Ok(Err(e)) => {
-                    debug!(error = %e, "TLS handshake failed");
-                    shared.stats.refused();
-                    return;
-                }
-                Err(_) => {
-                    debug!("TLS handshake timed out");
+                Err(e) => {
+                    debug!(error = %e, "implicit TLS");
                     shared.stats.refused();
                     return;
                 }
@@ -467,7 +323,7 @@ async fn run_connection<B: Backend>(
         _ => Conn::Plain(plain),
     };
     debug!("session started");
-    shared.stats.sessions.fetch_add(1, Ordering::Relaxed);
+    shared.stats.session();
     let session_config = SessionConfig {
         hostname: config.hostname.clone(),
         starttls: shared.acceptor.is_some() && config.kind != ListenerKind::Smtps,
@@ -495,7 +351,7 @@ async fn drive<B: Backend>(
     shared: &Shared<B>,
     mut session: Session,
     mut conn: Conn,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
     let limits = &shared.config.limits;
     let client_ip = session.info().client.ip();
@@ -506,7 +362,7 @@ async fn drive<B: Backend>(
             Action::NeedInput => {
                 let new = session.commands() - charged;
                 charged = session.commands();
-                if !shared.throttle.commands(client_ip, new, Instant::now()) {
+                if !shared.throttle.commands(client_ip, new) {
                     warn!("command rate exceeded");
                     session.close_with(canned::too_many_commands());
                     continue;
@@ -514,14 +370,14 @@ async fn drive<B: Backend>(
                 if !flush(&mut conn, &mut session, limits).await {
                     break;
                 }
-                if *stop.borrow() && !session.in_message() {
+                if stop.is_stopping() && !session.in_message() {
                     session.close_with(canned::shutting_down());
                     continue;
                 }
                 let in_message = session.in_message();
                 let read = tokio::select! {
                     r = timeout(limits.idle_timeout, conn.read(&mut buf)) => r,
-                    _ = stop.changed(), if !in_message => {
+                    () = stop.stopping(), if !in_message => {
                         session.close_with(canned::shutting_down());
                         continue;
                     }
@@ -552,19 +408,15 @@ async fn drive<B: Backend>(
                 else {
                     break;
                 };
-                match timeout(limits.tls_handshake_timeout, acceptor.accept(plain)).await {
-                    Ok(Ok(tls)) => {
+                match handshake(acceptor, plain, limits.tls_handshake_timeout).await {
+                    Ok(tls) => {
                         let tls_info = tls_info(tls.get_ref().1);
                         debug!(version = %tls_info.version, cipher = %tls_info.cipher, "STARTTLS");
                         conn = Conn::Tls(Box::new(tls));
                         session.tls_established(tls_info);
                     }
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "STARTTLS handshake failed");
-                        break;
-                    }
-                    Err(_) => {
-                        debug!("STARTTLS handshake timed out");
+                    Err(e) => {
+                        debug!(error = %e, "STARTTLS");
                         break;
                     }
                 }
@@ -580,10 +432,7 @@ async fn drive<B: Backend>(
             }
             Action::Authenticate(credentials) => {
                 let user = credentials.username.clone();
-                let verdict = if !shared
-                    .throttle
-                    .auth_allowed(client_ip, &user, Instant::now())
-                {
+                let verdict = if !shared.throttle.auth_allowed(client_ip, &user) {
                     AuthVerdict::Throttled
                 } else {
                     let verdict = shared
@@ -591,9 +440,7 @@ async fn drive<B: Backend>(
                         .authenticate(session.info(), &credentials)
                         .await;
                     if verdict == AuthVerdict::Invalid {
-                        shared
-                            .throttle
-                            .auth_failed(client_ip, &user, Instant::now());
+                        shared.throttle.auth_failed(client_ip, &user);
                     }
                     verdict
                 };
@@ -642,17 +489,6 @@ async fn drive<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn prefixed_stream_yields_the_prefix_first() {
-        let (a, mut b) = tokio::io::duplex(64);
-        let mut s = Prefixed::new(a, b"hello ".to_vec());
-        b.write_all(b"world").await.unwrap();
-        drop(b);
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
-    }
 
     #[test]
     fn configuration_is_checked() {

@@ -2,7 +2,7 @@
 //! limiter that stops password guessing from one client address.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -144,18 +144,9 @@ impl FailureLimiter {
     }
 }
 
-/// IPv4 as is (also when mapped into IPv6); IPv6 by its /64.
+/// IPv4 as is (also when mapped into IPv6); IPv6 by its /64, as the mail listeners count.
 fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
+    tern_listen::throttle::key(ip)
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Which IMAP listeners a node runs and where ([`plan`]), and running them
 //! ([`ImapListeners`]).
 //!
-//! As for the SMTP listeners: a listener runs when the agent configuration enables it
-//! (`listeners.imap`, `listeners.imaps`), the pool serves it (`TERN_LISTENERS`; all when
-//! unset) and its address variable (`TERN_IMAP_ADDR`, `TERN_IMAPS_ADDR`) is not `none`. It
-//! listens there, or on every interface at the configured port. Their TLS is the SMTP
+//! The rules are the SMTP listeners' (`tern_listen::plan`, see [`crate::smtp::listeners`]):
+//! a listener runs when the agent configuration enables it (`listeners.imap`,
+//! `listeners.imaps`), the pool serves it (`TERN_LISTENERS`; all when unset) and its
+//! address variable (`TERN_IMAP_ADDR`, `TERN_IMAPS_ADDR`) is not `none`; it listens there,
+//! or on every interface at the configured port. Both follow the PROXY protocol setting
+//! (`proxyProtocol`, or `TERN_PROXY_PROTOCOL` for this node). Their TLS is the SMTP
 //! listeners' ([`crate::smtp::listeners::tls_config`]).
 
 use std::net::SocketAddr;
@@ -12,17 +14,29 @@ use std::sync::Arc;
 
 use tern_crds::agent_config::AgentConfig;
 use tern_imap::{Limits, ListenerConfig, Server, Throttle};
+use tern_listen::plan::Candidate;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::StoreBackend;
+use crate::smtp::listeners::configured;
 
-/// Each IMAP listener: its name in the configuration and `TERN_LISTENERS`, its address
-/// variable, and whether TLS starts with the first byte.
-pub const KINDS: [(&str, &str, bool); 2] = [
-    ("imap", "TERN_IMAP_ADDR", false),
-    ("imaps", "TERN_IMAPS_ADDR", true),
+/// Each IMAP listener: whether TLS starts with the first byte (the kind), its name in the
+/// configuration and `TERN_LISTENERS`, its address variable.
+pub const CANDIDATES: [Candidate<bool>; 2] = [
+    Candidate {
+        kind: false,
+        name: "imap",
+        addr_var: "TERN_IMAP_ADDR",
+        proxied: true,
+    },
+    Candidate {
+        kind: true,
+        name: "imaps",
+        addr_var: "TERN_IMAPS_ADDR",
+        proxied: true,
+    },
 ];
 
 /// One IMAP listener to run.
@@ -32,6 +46,8 @@ pub struct ImapPlan {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub implicit_tls: bool,
+    /// Whether every connection starts with a PROXY header.
+    pub proxy_protocol: bool,
 }
 
 /// The IMAP listeners this node runs (see the module doc); `var` reads the environment.
@@ -39,46 +55,17 @@ pub fn plan(
     config: &AgentConfig,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<ImapPlan>, String> {
-    let served: Option<Vec<String>> = var("TERN_LISTENERS").map(|list| {
-        list.split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
-    let mut plans = Vec::new();
-    for (name, addr_var, implicit_tls) in KINDS {
-        let Some(listener) = config.listeners.get(name).filter(|l| l.enabled) else {
-            continue;
-        };
-        if served
-            .as_ref()
-            .is_some_and(|s| !s.iter().any(|n| n == name))
-        {
-            continue;
-        }
-        let addr = match var(addr_var) {
-            Some(v) if v == "none" => continue,
-            Some(v) => v.parse().map_err(|e| format!("{addr_var}={v}: {e}"))?,
-            None => {
-                let port = u16::try_from(listener.port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        format!(
-                            "listeners.{name}.port {} in the configuration is not a port",
-                            listener.port
-                        )
-                    })?;
-                SocketAddr::from(([0, 0, 0, 0], port))
-            }
-        };
-        plans.push(ImapPlan {
-            name,
-            addr,
-            implicit_tls,
-        });
-    }
-    Ok(plans)
+    let plans =
+        tern_listen::plan::plan(&CANDIDATES, configured(config), config.proxy_protocol, var)?;
+    Ok(plans
+        .into_iter()
+        .map(|p| ImapPlan {
+            name: p.name,
+            addr: p.addr,
+            implicit_tls: p.kind,
+            proxy_protocol: p.proxy_protocol,
+        })
+        .collect())
 }
 
 /// The running IMAP listeners of this node.
@@ -111,6 +98,7 @@ impl ImapListeners {
                 hostname: hostname.to_owned(),
                 tls: tls.clone(),
                 implicit_tls: plan.implicit_tls,
+                proxy_protocol: plan.proxy_protocol,
                 limits: limits.clone(),
             };
             let server = Server::with_throttle(config, backend.clone(), throttle.clone())
@@ -119,18 +107,18 @@ impl ImapListeners {
                 .await
                 .map_err(|e| format!("{} listener on {}: {e}", plan.name, plan.addr))?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            bound.push((plan.name, server, listener, addr));
+            bound.push((plan, server, listener, addr));
         }
         let (stop, _) = watch::channel(false);
         let mut tasks = Vec::new();
-        for (name, server, listener, addr) in bound {
+        for (plan, server, listener, addr) in bound {
             let mut stopped = stop.subscribe();
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             };
-            tracing::info!(listener = name, %addr, tls = tls.is_some(), "serving IMAP");
+            tracing::info!(listener = plan.name, %addr, proxy_protocol = plan.proxy_protocol, tls = tls.is_some(), "serving IMAP");
             tasks.push((
-                name,
+                plan.name,
                 addr,
                 tokio::spawn(async move { server.serve(listener, shutdown).await }),
             ));
@@ -162,6 +150,7 @@ mod tests {
     use tern_crds::agent_config::ListenerConfig as Configured;
 
     use super::*;
+    use crate::smtp::listeners::tests::env;
 
     fn config(imap: bool, imaps: bool) -> AgentConfig {
         let mut c = crate::dev::agent_config(&crate::dev::Options::default());
@@ -191,14 +180,6 @@ mod tests {
         c
     }
 
-    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-    }
-
     fn names(plans: &[ImapPlan]) -> Vec<&'static str> {
         plans.iter().map(|p| p.name).collect()
     }
@@ -212,6 +193,21 @@ mod tests {
         assert_eq!(plans[1].addr, "0.0.0.0:993".parse().unwrap());
         assert!(plans[1].implicit_tls);
         assert!(plan(&config(false, false), env(&[])).unwrap().is_empty());
+        assert!(plans.iter().all(|p| !p.proxy_protocol));
+    }
+
+    #[test]
+    fn proxy_protocol_from_the_configuration_or_the_node() {
+        let mut c = config(true, true);
+        c.proxy_protocol = true;
+        let plans = plan(&c, env(&[])).unwrap();
+        assert!(plans.iter().all(|p| p.proxy_protocol));
+        let plans = plan(&c, env(&[("TERN_PROXY_PROTOCOL", "false")])).unwrap();
+        assert!(plans.iter().all(|p| !p.proxy_protocol));
+        let plans = plan(&config(true, true), env(&[("TERN_PROXY_PROTOCOL", "true")])).unwrap();
+        assert!(plans.iter().all(|p| p.proxy_protocol));
+        let err = plan(&c, env(&[("TERN_PROXY_PROTOCOL", "maybe")])).unwrap_err();
+        assert!(err.contains("TERN_PROXY_PROTOCOL"), "{err}");
     }
 
     #[test]

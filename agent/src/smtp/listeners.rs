@@ -1,20 +1,20 @@
 //! Which mail listeners a node runs and where ([`plan`]), their TLS ([`tls_config`]), and
 //! running them ([`Listeners`]).
 //!
-//! A listener runs when the agent configuration enables it (`listeners.<name>.enabled`,
-//! cluster-wide), the pool serves it (`TERN_LISTENERS`, a comma-separated list; all when
-//! unset) and its address variable is not `none`. It listens on `TERN_<NAME>_ADDR` or on
-//! every interface at the configured port. The PROXY protocol follows the configuration's
-//! `proxyProtocol`, or `TERN_PROXY_PROTOCOL` (`true`/`false`) for this node; never on LMTP,
-//! which is local delivery from inside the cluster and never behind the load balancer.
+//! The rules are `tern_listen::plan`'s, shared with the IMAP listeners: a listener runs when
+//! the agent configuration enables it (`listeners.<name>.enabled`, cluster-wide), the pool
+//! serves it (`TERN_LISTENERS`, a comma-separated list; all when unset) and its address
+//! variable is not `none`. It listens on `TERN_<NAME>_ADDR` or on every interface at the
+//! configured port. The PROXY protocol follows the configuration's `proxyProtocol`, or
+//! `TERN_PROXY_PROTOCOL` (`true`/`false`) for this node; never on LMTP, which is local
+//! delivery from inside the cluster and never behind the load balancer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tern_crds::agent_config::AgentConfig;
+use tern_listen::plan::{Candidate, Configured, Planned};
 use tern_smtp::{Limits, ListenerConfig, ListenerKind, Server, Throttle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,28 +22,50 @@ use tokio::task::JoinHandle;
 
 use super::{MailBackend, SmtpStats};
 
+/// The listeners' TLS configuration from a certificate chain and its key (PEM); the IMAP
+/// listeners use the same.
+pub use tern_listen::tls::server_config as tls_config;
+
 /// How long sessions in the middle of a message may finish it once the agent stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
-/// Each mail listener: its kind, its name in the configuration and `TERN_LISTENERS`, and
-/// its address variable.
-pub const KINDS: [(ListenerKind, &str, &str); 4] = [
-    (ListenerKind::Smtp, "smtp", "TERN_SMTP_ADDR"),
-    (
+/// Each mail listener: its kind, its name in the configuration and `TERN_LISTENERS`, its
+/// address variable, and whether it may sit behind the load balancer.
+pub const CANDIDATES: [Candidate<ListenerKind>; 4] = [
+    candidate(ListenerKind::Smtp, "smtp", "TERN_SMTP_ADDR"),
+    candidate(
         ListenerKind::Submission,
         "submission",
         "TERN_SUBMISSION_ADDR",
     ),
-    (ListenerKind::Smtps, "smtps", "TERN_SMTPS_ADDR"),
-    (ListenerKind::Lmtp, "lmtp", "TERN_LMTP_ADDR"),
+    candidate(ListenerKind::Smtps, "smtps", "TERN_SMTPS_ADDR"),
+    candidate(ListenerKind::Lmtp, "lmtp", "TERN_LMTP_ADDR"),
 ];
 
+const fn candidate(
+    kind: ListenerKind,
+    name: &'static str,
+    addr_var: &'static str,
+) -> Candidate<ListenerKind> {
+    Candidate {
+        kind,
+        name,
+        addr_var,
+        proxied: !matches!(kind, ListenerKind::Lmtp),
+    }
+}
+
 /// One listener to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenerPlan {
-    pub kind: ListenerKind,
-    pub addr: SocketAddr,
-    pub proxy_protocol: bool,
+pub type ListenerPlan = Planned<ListenerKind>;
+
+/// Looks a listener up in the agent configuration, for `tern_listen::plan::plan`.
+pub fn configured(config: &AgentConfig) -> impl Fn(&str) -> Option<Configured> + '_ {
+    |name| {
+        config.listeners.get(name).map(|l| Configured {
+            enabled: l.enabled,
+            port: i64::from(l.port),
+        })
+    }
 }
 
 /// The listeners this node runs (see the module doc); `var` reads the environment.
@@ -51,77 +73,7 @@ pub fn plan(
     config: &AgentConfig,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<ListenerPlan>, String> {
-    let served: Option<Vec<String>> = var("TERN_LISTENERS").map(|list| {
-        list.split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
-    let proxy_protocol = match var("TERN_PROXY_PROTOCOL").as_deref() {
-        None => config.proxy_protocol,
-        Some("true" | "1") => true,
-        Some("false" | "0") => false,
-        Some(other) => {
-            return Err(format!(
-                "TERN_PROXY_PROTOCOL={other}: expected true or false"
-            ));
-        }
-    };
-    let mut plans = Vec::new();
-    for (kind, name, addr_var) in KINDS {
-        let Some(listener) = config.listeners.get(name).filter(|l| l.enabled) else {
-            continue;
-        };
-        if served
-            .as_ref()
-            .is_some_and(|s| !s.iter().any(|n| n == name))
-        {
-            continue;
-        }
-        let addr = match var(addr_var) {
-            Some(v) if v == "none" => continue,
-            Some(v) => v.parse().map_err(|e| format!("{addr_var}={v}: {e}"))?,
-            None => {
-                let port = u16::try_from(listener.port)
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        format!(
-                            "listeners.{name}.port {} in the configuration is not a port",
-                            listener.port
-                        )
-                    })?;
-                SocketAddr::from(([0, 0, 0, 0], port))
-            }
-        };
-        plans.push(ListenerPlan {
-            kind,
-            addr,
-            proxy_protocol: proxy_protocol && kind != ListenerKind::Lmtp,
-        });
-    }
-    Ok(plans)
-}
-
-/// The listeners' TLS configuration from a certificate chain and its key (PEM): TLS 1.2 and
-/// 1.3 with ring's safe defaults; mail clients do not use ALPN.
-pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("certificate PEM: {e}"))?;
-    if chain.is_empty() {
-        return Err("the certificate PEM holds no certificate".into());
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key PEM: {e}"))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| e.to_string())?;
-    Ok(Arc::new(config))
+    tern_listen::plan::plan(&CANDIDATES, configured(config), config.proxy_protocol, var)
 }
 
 /// The running mail listeners of this node.
@@ -202,7 +154,7 @@ impl Listeners {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use tern_crds::agent_config::ListenerConfig as Configured;
@@ -239,7 +191,7 @@ mod tests {
         }
     }
 
-    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    pub(crate) fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -317,14 +269,5 @@ mod tests {
         c.listeners.get_mut("smtp").unwrap().port = 70000;
         let err = plan(&c, env(&[])).unwrap_err();
         assert!(err.contains("listeners.smtp.port 70000"), "{err}");
-    }
-
-    #[test]
-    fn tls_needs_a_certificate_and_a_matching_key() {
-        let ca = crate::pki::LocalPki::generate("tls-test").unwrap();
-        let (cert, key) = ca.issue(&["mx.example.test".to_owned()]).unwrap();
-        assert!(tls_config(cert.as_bytes(), key.as_bytes()).is_ok());
-        assert!(tls_config(b"", key.as_bytes()).is_err());
-        assert!(tls_config(cert.as_bytes(), b"not a key").is_err());
     }
 }

@@ -982,6 +982,75 @@ pub async fn create_domain_retrying(
     }
 }
 
+/// Whether every program (and check) a test needs is there: `needed` holds a name and a
+/// shell check for each. When one is missing: fails in CI (`CI` set), else says so and
+/// returns false (the test returns).
+pub fn tools(test: &str, needed: &[(&str, &str)]) -> bool {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(_, check)| {
+            !Command::new("sh")
+                .args(["-c", check])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    let why = format!("{test} needs {missing:?} (scripts/test.sh installs them)");
+    assert!(!ci, "{why}");
+    eprintln!("SKIPPED {why}");
+    false
+}
+
+/// Runs a program (bounded by `timeout(1)`, 60 s), with `stdin` as its input when given;
+/// returns its exit status and what it wrote on stdout and stderr together.
+pub async fn run(program: &str, args: Vec<String>, stdin: Option<String>) -> (i32, String) {
+    let program = program.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("timeout")
+            .arg("60")
+            .arg(&program)
+            .args(&args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    })
+    .await
+    .unwrap()
+}
+
+/// Owned copies of `args`.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
 /// The keyring file text with `primary` and `keys` (id, key).
 pub fn gossip_keyring_text(
     primary: u32,

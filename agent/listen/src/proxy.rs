@@ -5,8 +5,12 @@
 //!
 //! On a listener configured for it, a connection whose first bytes are not a valid header is
 //! refused: accepting it would let anyone who reaches the pod directly pick their own address.
+//! [`read_header`] reads one from a socket, bounded in size (by the parser) and in time.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The v2 signature.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -173,9 +177,110 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, ProxyError> {
     )))
 }
 
+/// Why no header could be read from a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The bytes received are not a valid header.
+    #[error(transparent)]
+    Invalid(#[from] ProxyError),
+    /// The client closed the connection first.
+    #[error("connection closed before the PROXY header")]
+    Closed,
+    /// Reading failed.
+    #[error("reading the PROXY header: {0}")]
+    Io(#[from] std::io::Error),
+    /// No complete header within the time allowed.
+    #[error("no PROXY header within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Reads the header at the start of `stream` within `limit`. Returns it with whatever
+/// bytes came after it in the same reads, which belong to the protocol that follows
+/// (wrap the stream in [`crate::Prefixed`] to read them first). At most [`V2_MAX`] plus one
+/// read's worth of bytes are ever buffered: the parser refuses anything longer.
+pub async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Result<(ProxyHeader, Vec<u8>), ReadError> {
+    let read = async {
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 512];
+        loop {
+            if let Some((header, used)) = parse(&buf)? {
+                return Ok((header, buf.split_off(used)));
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ReadError::Closed);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| ReadError::Timeout(limit))?
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn read_header_keeps_what_follows_and_refuses_the_rest() {
+        let limit = Duration::from_secs(5);
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        b.write_all(b"PROXY TCP4 10.0.0.1 192.0.2.5 56324 25\r\nEHLO x\r\n")
+            .await
+            .unwrap();
+        let (h, rest) = read_header(&mut a, limit).await.unwrap();
+        assert_eq!(h.source, Some("10.0.0.1:56324".parse().unwrap()));
+        assert_eq!(rest, b"EHLO x\r\n");
+
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        b.write_all(b"EHLO x\r\n").await.unwrap();
+        let err = read_header(&mut a, limit).await.unwrap_err();
+        assert!(
+            matches!(err, ReadError::Invalid(ProxyError::Missing)),
+            "{err}"
+        );
+
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        b.write_all(b"PROXY TCP4 10.0").await.unwrap();
+        drop(b);
+        assert!(matches!(
+            read_header(&mut a, limit).await,
+            Err(ReadError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn read_header_gives_up_on_a_silent_client() {
+        let (mut a, _b) = tokio::io::duplex(64);
+        let started = std::time::Instant::now();
+        let err = read_header(&mut a, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ReadError::Timeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn read_header_refuses_an_oversized_v2_header_before_reading_it() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let mut wire = V2_SIGNATURE.to_vec();
+        wire.extend_from_slice(&[0x21, 0x11, 0x10, 0x00]);
+        wire.resize(8192, 0);
+        b.write_all(&wire).await.unwrap();
+        let err = read_header(&mut a, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadError::Invalid(ProxyError::TooLong)),
+            "{err}"
+        );
+    }
 
     fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
         let mut out = V2_SIGNATURE.to_vec();

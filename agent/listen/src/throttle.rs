@@ -9,12 +9,39 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::limits::Limits;
+/// The limits a [`Throttle`] enforces. Each engine's own limits convert into these.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleLimits {
+    /// Most simultaneous connections from one client address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+    /// Sustained commands per second allowed from one client address, summed over its
+    /// connections.
+    pub commands_per_second: u32,
+    /// Commands one client address may send at once above the sustained rate.
+    pub command_burst: u32,
+    /// Failed authentications per client address, and per account, within
+    /// `auth_failure_window`, after which further attempts are refused without a check.
+    pub max_auth_failures: u32,
+    /// The window for `max_auth_failures`.
+    pub auth_failure_window: Duration,
+}
 
-/// The key an address is counted under.
-fn key(ip: IpAddr) -> IpAddr {
+impl Default for ThrottleLimits {
+    fn default() -> Self {
+        ThrottleLimits {
+            max_connections_per_address: 64,
+            commands_per_second: 5000,
+            command_burst: 10000,
+            max_auth_failures: 5,
+            auth_failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The key an address is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by /64.
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -44,7 +71,7 @@ struct Tables {
 /// Shared limits; clone the `Arc` into every listener that should share them.
 #[derive(Debug)]
 pub struct Throttle {
-    limits: Limits,
+    limits: ThrottleLimits,
     tables: Mutex<Tables>,
 }
 
@@ -71,11 +98,10 @@ impl Drop for ConnectionSlot {
 const SWEEP_AT: usize = 4096;
 
 impl Throttle {
-    /// Limits taken from `limits` (connections per address, command rate, authentication
-    /// failures).
-    pub fn new(limits: Limits) -> Arc<Self> {
+    /// A throttle enforcing `limits` (an engine's limits convert into [`ThrottleLimits`]).
+    pub fn new(limits: impl Into<ThrottleLimits>) -> Arc<Self> {
         Arc::new(Throttle {
-            limits,
+            limits: limits.into(),
             tables: Mutex::new(Tables::default()),
         })
     }
@@ -100,8 +126,18 @@ impl Throttle {
         })
     }
 
-    /// Charges `n` commands to `ip`; false when the address is over its rate.
-    pub fn commands(&self, ip: IpAddr, n: u64, now: Instant) -> bool {
+    /// The limits enforced.
+    pub fn limits(&self) -> &ThrottleLimits {
+        &self.limits
+    }
+
+    /// Charges `n` commands to `ip` now; false when the address is over its rate.
+    pub fn commands(&self, ip: IpAddr, n: u64) -> bool {
+        self.commands_at(ip, n, Instant::now())
+    }
+
+    /// Charges `n` commands to `ip` at `now`; false when the address is over its rate.
+    pub fn commands_at(&self, ip: IpAddr, n: u64, now: Instant) -> bool {
         if n == 0 {
             return true;
         }
@@ -126,8 +162,13 @@ impl Throttle {
     }
 
     /// Whether `ip` and `account` may try a password now (fewer than the allowed failures
-    /// within the window for both).
-    pub fn auth_allowed(&self, ip: IpAddr, account: &str, now: Instant) -> bool {
+    /// within the window for both). Accounts compare without case.
+    pub fn auth_allowed(&self, ip: IpAddr, account: &str) -> bool {
+        self.auth_allowed_at(ip, account, Instant::now())
+    }
+
+    /// [`Throttle::auth_allowed`] at `now`.
+    pub fn auth_allowed_at(&self, ip: IpAddr, account: &str, now: Instant) -> bool {
         let window = self.limits.auth_failure_window;
         let max = self.limits.max_auth_failures as usize;
         let mut t = self.tables();
@@ -148,8 +189,13 @@ impl Throttle {
         by_address < max && by_account < max
     }
 
-    /// Records a failed password for `ip` and `account`.
-    pub fn auth_failed(&self, ip: IpAddr, account: &str, now: Instant) {
+    /// Records a failed password for `ip` and `account` now.
+    pub fn auth_failed(&self, ip: IpAddr, account: &str) {
+        self.auth_failed_at(ip, account, Instant::now());
+    }
+
+    /// [`Throttle::auth_failed`] at `now`.
+    pub fn auth_failed_at(&self, ip: IpAddr, account: &str, now: Instant) {
         let window = self.limits.auth_failure_window;
         let mut t = self.tables();
         if t.auth_by_address.len() > SWEEP_AT {
@@ -179,18 +225,49 @@ impl Throttle {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
-    fn limits() -> Limits {
-        Limits {
+    impl Throttle {
+        fn table_sizes(&self) -> (usize, usize, usize, usize) {
+            let t = self.tables();
+            (
+                t.connections.len(),
+                t.buckets.len(),
+                t.auth_by_address.len(),
+                t.auth_by_account.len(),
+            )
+        }
+    }
+
+    #[test]
+    fn stale_entries_are_swept_once_tables_grow() {
+        let t = Throttle::new(limits());
+        let start = Instant::now();
+        for i in 0..=SWEEP_AT as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            t.auth_failed_at(ip, &format!("user{i}"), start);
+            assert!(t.commands_at(ip, 1, start));
+        }
+        let (_, buckets, by_address, by_account) = t.table_sizes();
+        assert_eq!(
+            (buckets, by_address, by_account),
+            (SWEEP_AT + 1, SWEEP_AT + 1, SWEEP_AT + 1)
+        );
+        // Past the window (and past the time a bucket takes to refill), one more use sweeps.
+        let later = start + Duration::from_secs(61);
+        let fresh: IpAddr = "192.0.2.99".parse().unwrap();
+        t.auth_failed_at(fresh, "fresh", later);
+        assert!(t.commands_at(fresh, 1, later));
+        assert_eq!(t.table_sizes(), (0, 1, 1, 1));
+    }
+
+    fn limits() -> ThrottleLimits {
+        ThrottleLimits {
             max_connections_per_address: 2,
             commands_per_second: 10,
             command_burst: 20,
             max_auth_failures: 3,
             auth_failure_window: Duration::from_secs(60),
-            ..Limits::default()
         }
     }
 
@@ -224,12 +301,12 @@ mod tests {
         let t = Throttle::new(limits());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let start = Instant::now();
-        assert!(t.commands(ip, 20, start));
-        assert!(!t.commands(ip, 1, start));
+        assert!(t.commands_at(ip, 20, start));
+        assert!(!t.commands_at(ip, 1, start));
         // 10 per second: after one second ten more are fine (the debt of one included).
-        assert!(t.commands(ip, 9, start + Duration::from_secs(1)));
-        assert!(!t.commands(ip, 5, start + Duration::from_secs(1)));
-        assert!(t.commands("192.0.2.2".parse().unwrap(), 20, start));
+        assert!(t.commands_at(ip, 9, start + Duration::from_secs(1)));
+        assert!(!t.commands_at(ip, 5, start + Duration::from_secs(1)));
+        assert!(t.commands_at("192.0.2.2".parse().unwrap(), 20, start));
     }
 
     #[test]
@@ -239,19 +316,19 @@ mod tests {
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         let now = Instant::now();
         for _ in 0..3 {
-            assert!(t.auth_allowed(ip, "alice", now));
-            t.auth_failed(ip, "alice", now);
+            assert!(t.auth_allowed_at(ip, "alice", now));
+            t.auth_failed_at(ip, "alice", now);
         }
         assert!(
-            !t.auth_allowed(ip, "bob", now),
+            !t.auth_allowed_at(ip, "bob", now),
             "the address is blocked for every account"
         );
         assert!(
-            !t.auth_allowed(other, "ALICE", now),
+            !t.auth_allowed_at(other, "ALICE", now),
             "the account is blocked from every address"
         );
-        assert!(t.auth_allowed(other, "bob", now));
+        assert!(t.auth_allowed_at(other, "bob", now));
         let later = now + Duration::from_secs(61);
-        assert!(t.auth_allowed(ip, "alice", later), "failures expire");
+        assert!(t.auth_allowed_at(ip, "alice", later), "failures expire");
     }
 }

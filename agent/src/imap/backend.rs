@@ -96,6 +96,22 @@ impl StoreBackend {
             })
     }
 
+    /// COPY or MOVE, tried once (a second proposal could copy twice): the target mailbox's
+    /// UIDVALIDITY and the old → new UID pairs.
+    async fn transfer(
+        &self,
+        account: &Account,
+        command: Command,
+    ) -> BackendResult<(u32, Vec<(u32, u32)>)> {
+        match self.write(account, command, false).await? {
+            Reply::Copied {
+                uidvalidity,
+                mapping,
+            } => Ok((uidvalidity, mapping)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Writes `command` on the account's shard and returns its answer. `repeatable`: the
     /// command may be proposed again while the shard is temporarily unavailable.
     async fn write(
@@ -539,13 +555,7 @@ impl Backend for StoreBackend {
             to: to.to_owned(),
             uids: uid_set(uids),
         };
-        match self.write(account, command, false).await? {
-            Reply::Copied {
-                uidvalidity,
-                mapping,
-            } => Ok((uidvalidity, mapping)),
-            other => Err(unexpected(&other)),
-        }
+        self.transfer(account, command).await
     }
 
     async fn move_messages(
@@ -561,13 +571,7 @@ impl Backend for StoreBackend {
             to: to.to_owned(),
             uids: uid_set(uids),
         };
-        match self.write(account, command, false).await? {
-            Reply::Copied {
-                uidvalidity,
-                mapping,
-            } => Ok((uidvalidity, mapping)),
-            other => Err(unexpected(&other)),
-        }
+        self.transfer(account, command).await
     }
 
     fn changes(&self, account: &Account) -> watch::Receiver<u64> {

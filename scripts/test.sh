@@ -20,9 +20,21 @@ command -v swaks >/dev/null || need_apt+=(swaks)
 perl -MNet::SSLeay -e 1 2>/dev/null || need_apt+=(libnet-ssleay-perl)
 perl -MIO::Socket::SSL -e 1 2>/dev/null || need_apt+=(libio-socket-ssl-perl)
 command -v python3 >/dev/null || need_apt+=(python3)
+# The IMAP client tests (agent/tests/imap_clients.rs): mbsync (isync), fetchmail, and mutt,
+# which runs under `script` (util-linux's bsdutils) for the terminal it needs.
+command -v mbsync >/dev/null || need_apt+=(isync)
+command -v fetchmail >/dev/null || need_apt+=(fetchmail)
+command -v mutt >/dev/null || need_apt+=(mutt)
+command -v script >/dev/null || need_apt+=(bsdutils)
+# The SMTP load test (agent/tests/smtp_load.rs) sends with Postfix's smtp-source.
+command -v smtp-source >/dev/null || need_apt+=(postfix)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  # Only smtp-source is wanted from postfix: stop the system MTA if its install started one.
+  if [[ " ${need_apt[*]} " == *" postfix "* ]] && postfix status >/dev/null 2>&1; then
+    postfix stop >/dev/null 2>&1 || true
+  fi
 fi
 
 step() { printf '\n== %s\n' "$*"; }

@@ -189,6 +189,8 @@ pub struct View {
     pub gossip: Gossip,
     /// What the SMTP, submission and LMTP listeners counted (`tern_smtp_*`).
     pub smtp: Arc<crate::smtp::SmtpStats>,
+    /// What IMAP session proxying counted (`tern_imap_*`).
+    pub imap: Arc<crate::imap::ImapStats>,
 }
 
 impl View {
@@ -280,6 +282,7 @@ impl View {
             shard_metrics(&mut out, host);
         }
         self.smtp.render(&mut out);
+        self.imap.render(&mut out);
         out
     }
 }

@@ -6,8 +6,8 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `TERN_STORAGE` | `none` for a pool that holds no data; otherwise the node runs shards |
-//! | `TERN_DATA_DIR` | the volume: the storage engines' files (`log/`: Raft logs, `state/`: shard state) |
-//! | `TERN_STORE_ENGINE` | `redb` (default) or `sled` |
+//! | `TERN_DATA_DIR` | the volume: the storage engines' files (`log/`: Raft logs, `state/`: shard state, `bodies/`: message bodies) |
+//! | `TERN_STORE_ENGINE` | `redb` (default) or `sled`: the shards' state (the Raft logs are on the log engine) |
 //! | `TERN_CLUSTER_CA_FILE`, `TERN_AGENT_CERT_FILE`, `TERN_AGENT_KEY_FILE` | agent-to-agent mutual TLS (PEM) |
 //! | `TERN_RPC_ADDR` | where the RPC server listens (default `0.0.0.0:<rpcPort>`) |
 //! | `TERN_PEERS_FILE` | JSON `{pod name: "host:port"}` of every node's RPC server; without it `<pod>.<headlessService>.<namespace>.svc:<rpcPort>` |
@@ -27,6 +27,8 @@
 //! | `KUBERNETES_SERVICE_HOST`, `POD_NAMESPACE` | in Kubernetes: the agents elect one (Lease `<cluster>-reporter`) that writes gossip's view into the MailCluster's `status.members` and shard leaders, at most once a second |
 //! | `TERN_GOSSIP_SEEDS` | comma-separated `host[:port]` seeds, added to the configuration's `gossip.seeds` |
 //! | `POD_IP` | the pod's address (Downward API), advertised for listeners bound to every interface |
+//! | `TERN_OUTBOUND_*`, `TERN_RELAY_*`, `TERN_DKIM_*` | outbound delivery: see [`crate::outbound`] |
+//! | `TERN_DNS_SERVERS` | DNS servers for SPF, DKIM and DMARC checks (default: the system's): see [`crate::smtp::auth_results`] |
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,10 +43,10 @@ use crate::admin::{self, AdminServerConfig};
 use crate::follow::{self, Shared};
 use crate::gossip::{self, GossipOptions, ShardSource};
 use crate::http::{self, View};
-use crate::imap::{ImapListeners, ImapOptions, StoreBackend};
+use crate::imap::{ImapListeners, ImapOptions, ImapStats, Relay, RoutingBackend, StoreBackend};
 use crate::node::Node;
 use crate::report;
-use crate::rpc::{Network, TlsConfig, serve_service};
+use crate::rpc::{Handover, Network, TlsConfig, serve_with_handover};
 use crate::shards::{HostOptions, Peers, ShardHost, raft_config_with_snapshots};
 use crate::smtp::{BackendOptions, Listeners, MailBackend, SmtpStats};
 
@@ -86,6 +88,7 @@ pub async fn run(node: Node) -> Result<(), String> {
     };
     let gossip = gossip::start(gossip_options, followed.clone(), shard_source).await?;
     let smtp_stats: Arc<SmtpStats> = Arc::default();
+    let imap_stats: Arc<ImapStats> = Arc::default();
     let view = View {
         node: node.name.clone(),
         pool: node.pool.clone(),
@@ -94,6 +97,7 @@ pub async fn run(node: Node) -> Result<(), String> {
         host: host_cell.clone(),
         gossip: gossip.clone(),
         smtp: smtp_stats.clone(),
+        imap: imap_stats.clone(),
     };
     let addr = http::spawn(node.health_addr, view)
         .await
@@ -112,7 +116,14 @@ pub async fn run(node: Node) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let started = async {
         if stores {
-            start_store(&node, &followed, &host_cell, &smtp_stats, &gossip).await
+            start_store(
+                &node,
+                &followed,
+                &host_cell,
+                (&smtp_stats, &imap_stats),
+                &gossip,
+            )
+            .await
         } else {
             std::future::pending().await
         }
@@ -201,7 +212,7 @@ async fn start_store(
     node: &Node,
     followed: &Shared,
     host_cell: &OnceLock<Arc<ShardHost>>,
-    smtp_stats: &Arc<SmtpStats>,
+    (smtp_stats, imap_stats): (&Arc<SmtpStats>, &Arc<ImapStats>),
     gossip: &gossip::Gossip,
 ) -> Result<MailListeners, String> {
     let dir = PathBuf::from(need("TERN_DATA_DIR")?);
@@ -212,8 +223,11 @@ async fn start_store(
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // Two engines: the Raft logs, whose appends wait for fsyncs, and the shards' state, whose
-    // writes then never queue behind them (see tern-raft's durability notes).
-    let open = |sub: &'static str| {
+    // writes then never queue behind them (see tern-raft's durability notes). The logs are
+    // append-only segments whatever TERN_STORE_ENGINE says: a log entry is written once, read
+    // back by replication while recent, and deleted in bulk after a snapshot, which a B-tree
+    // does at several times the cost.
+    let open = |sub: &'static str, kind: EngineKind| {
         let path = dir.join(sub);
         async move {
             let shown = path.display().to_string();
@@ -223,7 +237,15 @@ async fn start_store(
                 .map_err(|e| format!("opening the store in {shown}: {e}"))
         }
     };
-    let storage = Storage::with_engines(open("log").await?, open("state").await?);
+    // Message bodies (written once, read rarely, deleted whole) on append-only segments beside
+    // the state; `Split` orders the two engines' writes so the state never refers to a body
+    // that is not on disk.
+    let state = Arc::new(tern_store::Split::new(
+        open("state", kind).await?,
+        open("bodies", EngineKind::Log).await?,
+        &[tern_mail::keys::BLOB],
+    ));
+    let storage = Storage::with_engines(open("log", EngineKind::Log).await?, state);
     let tls = TlsConfig::from_pem(
         &read("TERN_CLUSTER_CA_FILE")?,
         &read("TERN_AGENT_CERT_FILE")?,
@@ -293,11 +315,14 @@ async fn start_store(
     let listener = TcpListener::bind(rpc_addr)
         .await
         .map_err(|e| format!("RPC listener {rpc_addr}: {e}"))?;
-    tokio::spawn(serve_service(
+    // The IMAP listeners register here to take the sessions other nodes relay to this one.
+    let handover = Handover::default();
+    tokio::spawn(serve_with_handover(
         listener,
         tls.server.clone(),
         host.clone(),
         host.rpc_stats.clone(),
+        handover.clone(),
     ));
     tracing::info!(node_id, %rpc_addr, "serving agent RPC");
     let _ = host_cell.set(host.clone());
@@ -333,7 +358,15 @@ async fn start_store(
         .map_err(|e| format!("admin API: {e}"))?;
         tracing::info!(%bound, "serving the admin API");
     }
-    start_mail(node, &host, timeout, smtp_stats).await
+    let relay = Relay::new(host.clone(), tls.client.clone(), imap_stats.clone());
+    // Outbound delivery of the queued messages of the shards this node holds.
+    let outbound = crate::outbound::OutboundOptions::from_env(
+        node.config.relay.as_ref(),
+        var("TERN_HOSTNAME").unwrap_or_else(|| node.name.clone()),
+        var,
+    )?;
+    crate::outbound::spawn(host.clone(), outbound, smtp_stats.outbound.clone());
+    start_mail(node, &host, timeout, smtp_stats, (relay, &handover)).await
 }
 
 /// The mail listeners a node runs.
@@ -368,6 +401,7 @@ async fn start_mail(
     host: &Arc<ShardHost>,
     shard_timeout: Duration,
     stats: &Arc<SmtpStats>,
+    (relay, handover): (Relay, &Handover),
 ) -> Result<MailListeners, String> {
     let plans = crate::smtp::listeners::plan(&node.config, var)?;
     let imap_plans = crate::imap::listeners::plan(&node.config, var)?;
@@ -394,20 +428,22 @@ async fn start_mail(
     let hostname = var("TERN_HOSTNAME").unwrap_or_else(|| node.name.clone());
     let mut listeners = MailListeners::default();
     if !plans.is_empty() {
-        let backend = Arc::new(MailBackend::new(
-            host.clone(),
-            BackendOptions::for_shard_timeout(shard_timeout, node.config.domains.first().cloned()),
-            stats.clone(),
-        ));
+        let mut options =
+            BackendOptions::for_shard_timeout(shard_timeout, node.config.domains.first().cloned());
+        options.queue_lifetime = crate::outbound::queue_lifetime(var)?;
+        // SPF, DKIM and DMARC of mail from the internet (see crate::smtp::auth_results).
+        let checks = crate::smtp::auth_results::InboundChecks::from_env(&hostname, var)?;
+        let backend = Arc::new(
+            MailBackend::new(host.clone(), options, stats.clone())
+                .with_inbound_checks(Arc::new(checks)),
+        );
         listeners.smtp =
             Some(Listeners::start(&plans, &hostname, tls.clone(), backend, stats).await?);
     }
     if !imap_plans.is_empty() {
-        let backend = Arc::new(StoreBackend::new(
-            host.clone(),
-            ImapOptions::for_shard_timeout(shard_timeout),
-        ));
-        match ImapListeners::start(&imap_plans, &hostname, tls, backend).await {
+        let store = StoreBackend::new(host.clone(), ImapOptions::for_shard_timeout(shard_timeout));
+        let backend = Arc::new(RoutingBackend::new(store, Some(relay)));
+        match ImapListeners::start(&imap_plans, &hostname, tls, backend, Some(handover)).await {
             Ok(imap) => listeners.imap = Some(imap),
             Err(e) => {
                 listeners.shutdown().await;

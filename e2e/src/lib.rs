@@ -1,3 +1,6 @@
 //! Tern's end-to-end tests (under `tests/`, driving `tern-agent dev` for local clusters) and
 //! the benchmark driver (`src/bin/`).
 #![forbid(unsafe_code)]
+
+/// `tern-bench imap`: the IMAP load generator and the Tern/Dovecot comparison.
+pub mod imap_bench;

@@ -6,8 +6,10 @@
 //! session answers that `NO [UNAVAILABLE]` and the client retries.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 /// An authenticated account.
@@ -144,6 +146,24 @@ pub struct StoreOutcome {
     pub modified: Vec<u32>,
 }
 
+/// One entry of a mailbox's change feed (RFC 7162): a message changed at `modseq` (or, with
+/// `expunged`, was removed then).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageChange {
+    pub uid: u32,
+    pub modseq: u64,
+    pub expunged: bool,
+}
+
+/// One page of [`Backend::changes_after`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// By MODSEQ, then UID.
+    pub changes: Vec<MessageChange>,
+    /// `(modseq, uid)` to continue after when the page was cut short.
+    pub next: Option<(u64, u32)>,
+}
+
 /// What the engine needs from the agent. Mailbox names are the decoded full names.
 pub trait Backend: Send + Sync + 'static {
     /// Checks a password.
@@ -208,6 +228,38 @@ pub trait Backend: Send + Sync + 'static {
         uid: u32,
     ) -> impl Future<Output = BackendResult<Option<Vec<u8>>>> + Send;
 
+    /// The raw bytes of the messages `uids`, in that order (`None` for one expunged
+    /// meanwhile). Default: one [`Backend::message`] call each; a backend whose reads have a
+    /// fixed cost (a read barrier) reads them together.
+    fn bodies(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        uids: &[u32],
+    ) -> impl Future<Output = BackendResult<Vec<Option<Vec<u8>>>>> + Send {
+        async move {
+            let mut bodies = Vec::with_capacity(uids.len());
+            for &uid in uids {
+                bodies.push(self.message(account, mailbox, uid).await?);
+            }
+            Ok(bodies)
+        }
+    }
+
+    /// The mailbox's change feed after the position `after` (`(modseq, uid)`; `(m,
+    /// u32::MAX)` for everything changed after MODSEQ `m`), at most `limit` entries: every
+    /// message whose last change is later, and a tombstone for every message expunged later.
+    /// `None` when the backend keeps no feed; the session then compares the whole mailbox.
+    fn changes_after(
+        &self,
+        _account: &Account,
+        _mailbox: &str,
+        _after: (u64, u32),
+        _limit: usize,
+    ) -> impl Future<Output = BackendResult<Option<ChangePage>>> + Send {
+        std::future::ready(Ok(None))
+    }
+
     /// Appends a message; returns `(uid_validity, uid)` (for APPENDUID).
     fn append(
         &self,
@@ -260,4 +312,39 @@ pub trait Backend: Send + Sync + 'static {
     /// A change counter of the account: its value changes after every write to any of the
     /// account's mailboxes (IDLE waits on it, then re-reads the selected mailbox).
     fn changes(&self, account: &Account) -> watch::Receiver<u64>;
+
+    // Relaying (see [`crate::relay`]): a node that does not hold an account's mailboxes
+    // hands its sessions to one that does, right after login.
+
+    /// Whether this node serves the account's mailboxes itself; when it does not, the
+    /// session is relayed after a successful login ([`Backend::relay`]). Default: always.
+    fn serves(&self, _account: &Account) -> bool {
+        true
+    }
+
+    /// Opens a byte stream to a session for `request.account`, already authenticated, on a
+    /// node that serves it; it answers what the client sends from then on. An error refuses
+    /// the login with `NO [UNAVAILABLE]`.
+    fn relay(
+        &self,
+        _request: &RelayRequest,
+    ) -> impl Future<Output = BackendResult<Box<dyn RelayStream>>> + Send {
+        std::future::ready(Err(BackendError::Unavailable(
+            "this server relays no sessions".into(),
+        )))
+    }
+}
+
+/// A byte stream to the node that serves a relayed session.
+pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> RelayStream for T {}
+
+/// A session to relay: who logged in, from where, and whether the client's connection is
+/// encrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayRequest {
+    pub account: Account,
+    pub client: SocketAddr,
+    pub tls: bool,
 }

@@ -7,7 +7,10 @@
 //!
 //! - [`session`]: states, sequence numbers, every command; [`wire`]: response fragments.
 //! - [`backend`]: the trait and its types; [`memory`]: an in-memory backend for tests.
+//! - [`harness`]: drives a session from arbitrary bytes for the fuzz target and the
+//!   corpus test.
 //! - [`mime`]: MIME structure with raw offsets for ENVELOPE, BODYSTRUCTURE, BINARY.
+//! - [`relay`]: a session relayed to the node that serves its account, after login.
 //! - [`server`]: the tokio listener (STARTTLS and implicit TLS with rustls, PROXY protocol,
 //!   idle timeouts, literal and connection limits, authentication failure limits from
 //!   [`throttle`]; the accept loop and admission come from `tern-listen`); [`limits`]: every
@@ -15,9 +18,11 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod harness;
 pub mod limits;
 pub mod memory;
 pub mod mime;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod throttle;
@@ -25,7 +30,7 @@ pub mod wire;
 
 pub use backend::{
     Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
-    MessageMeta, SpecialUse, StoreOutcome,
+    MessageMeta, RelayRequest, RelayStream, SpecialUse, StoreOutcome,
 };
 pub use limits::Limits;
 pub use memory::MemoryBackend;

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 
 use crate::backend::{
-    Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
-    MessageMeta, SpecialUse, StoreOutcome,
+    Account, AuthVerdict, Backend, BackendError, BackendResult, ChangePage, FlagOp, MailboxInfo,
+    MailboxStatus, MessageChange, MessageMeta, SpecialUse, StoreOutcome,
 };
 
 #[derive(Clone, Debug)]
@@ -27,6 +27,8 @@ struct Folder {
     special_use: Option<SpecialUse>,
     subscribed: bool,
     messages: BTreeMap<u32, Message>,
+    /// Expunged UIDs and the MODSEQ of their expunge (the change feed's tombstones).
+    expunged: Vec<(u64, u32)>,
 }
 
 impl Folder {
@@ -38,7 +40,23 @@ impl Folder {
             special_use,
             subscribed: true,
             messages: BTreeMap::new(),
+            expunged: Vec::new(),
         }
+    }
+
+    /// Removes the messages `uids` at one new MODSEQ; returns those that were there.
+    fn remove(&mut self, uids: &[u32]) -> Vec<Message> {
+        let removed: Vec<Message> = uids
+            .iter()
+            .filter_map(|uid| self.messages.remove(uid))
+            .collect();
+        if !removed.is_empty() {
+            self.modseq += 1;
+            for m in &removed {
+                self.expunged.push((self.modseq, m.meta.uid));
+            }
+        }
+        removed
     }
 
     fn add(&mut self, mut meta: MessageMeta, body: Vec<u8>) -> u32 {
@@ -65,6 +83,7 @@ pub struct MemoryBackend {
     state: Mutex<Accounts>,
     unavailable: AtomicBool,
     changes: watch::Sender<u64>,
+    largest_read: AtomicUsize,
 }
 
 impl Default for MemoryBackend {
@@ -76,6 +95,7 @@ impl Default for MemoryBackend {
             }),
             unavailable: AtomicBool::new(false),
             changes: watch::channel(0).0,
+            largest_read: AtomicUsize::new(0),
         }
     }
 }
@@ -104,6 +124,12 @@ impl MemoryBackend {
             ),
         ]);
         s.folders.insert(user.into(), folders);
+    }
+
+    /// The most message metadata records one [`Backend::messages`] call returned so far
+    /// (how much of a mailbox the engine holds at once).
+    pub fn largest_read(&self) -> usize {
+        self.largest_read.load(Ordering::SeqCst)
     }
 
     /// Makes every call fail with [`BackendError::Unavailable`] (or work again).
@@ -180,20 +206,13 @@ impl MemoryBackend {
                 return Err(BackendError::NoMailbox);
             }
             let source = folders.get_mut(from).ok_or(BackendError::NoMailbox)?;
-            let mut taken = Vec::new();
-            for uid in uids {
-                let message = if remove {
-                    source.messages.remove(uid)
-                } else {
-                    source.messages.get(uid).cloned()
-                };
-                if let Some(m) = message {
-                    taken.push(m);
-                }
-            }
-            if remove && !taken.is_empty() {
-                source.modseq += 1;
-            }
+            let taken = if remove {
+                source.remove(uids)
+            } else {
+                uids.iter()
+                    .filter_map(|uid| source.messages.get(uid).cloned())
+                    .collect()
+            };
             let target = folders.get_mut(to).ok_or(BackendError::NoMailbox)?;
             let pairs = taken
                 .into_iter()
@@ -319,12 +338,14 @@ impl Backend for MemoryBackend {
         mailbox: &str,
         uids: RangeInclusive<u32>,
     ) -> BackendResult<Vec<MessageMeta>> {
-        self.with_folder(account, mailbox, |f| {
+        let metas: Vec<MessageMeta> = self.with_folder(account, mailbox, |f| {
             Ok(f.messages
                 .range(uids)
                 .map(|(_, m)| m.meta.clone())
                 .collect())
-        })
+        })?;
+        self.largest_read.fetch_max(metas.len(), Ordering::SeqCst);
+        Ok(metas)
     }
 
     async fn message(
@@ -405,15 +426,7 @@ impl Backend for MemoryBackend {
         uids: &[u32],
     ) -> BackendResult<Vec<u32>> {
         let out = self.with_folder(account, mailbox, |f| {
-            let removed: Vec<u32> = uids
-                .iter()
-                .filter(|uid| f.messages.remove(uid).is_some())
-                .copied()
-                .collect();
-            if !removed.is_empty() {
-                f.modseq += 1;
-            }
-            Ok(removed)
+            Ok(f.remove(uids).iter().map(|m| m.meta.uid).collect())
         })?;
         self.changed();
         Ok(out)
@@ -437,6 +450,41 @@ impl Backend for MemoryBackend {
         to: &str,
     ) -> BackendResult<(u32, Vec<(u32, u32)>)> {
         self.transfer(account, from, uids, to, true)
+    }
+
+    async fn changes_after(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        after: (u64, u32),
+        limit: usize,
+    ) -> BackendResult<Option<ChangePage>> {
+        let limit = limit.max(1);
+        self.with_folder(account, mailbox, |f| {
+            let live = f.messages.values().map(|m| MessageChange {
+                uid: m.meta.uid,
+                modseq: m.meta.modseq,
+                expunged: false,
+            });
+            let gone = f.expunged.iter().map(|&(modseq, uid)| MessageChange {
+                uid,
+                modseq,
+                expunged: true,
+            });
+            let mut changes: Vec<MessageChange> = live
+                .chain(gone)
+                .filter(|c| (c.modseq, c.uid) > after)
+                .collect();
+            changes.sort_unstable_by_key(|c| (c.modseq, c.uid));
+            let next = (changes.len() > limit).then(|| {
+                changes.truncate(limit);
+                changes.last().map(|c| (c.modseq, c.uid))
+            });
+            Ok(Some(ChangePage {
+                changes,
+                next: next.flatten(),
+            }))
+        })
     }
 
     fn changes(&self, _account: &Account) -> watch::Receiver<u64> {

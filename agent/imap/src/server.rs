@@ -35,9 +35,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug};
 
-use crate::backend::Backend;
+use crate::backend::{Account, Backend, RelayStream};
 use crate::limits::Limits;
-use crate::session::{Outcome, Session, SessionConfig};
+use crate::session::{Outcome, Responses, STREAM_BUFFER, Session, SessionConfig};
 use crate::throttle::Throttle;
 
 /// A listener's configuration.
@@ -98,6 +98,8 @@ type Plain = Prefixed<TcpStream>;
 enum Conn {
     Plain(Plain),
     Tls(Box<TlsStream<Plain>>),
+    /// A session relayed here from another node (see [`crate::relay`]).
+    Relayed(Box<dyn RelayStream>),
 }
 
 impl AsyncRead for Conn {
@@ -109,6 +111,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Relayed(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -122,24 +125,27 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Relayed(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s).poll_flush(cx),
+            Conn::Relayed(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Relayed(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
 /// What the framing produced.
-enum Event {
+pub(crate) enum Event {
     /// A complete message is in the fragmentizer.
     Message,
     /// Nothing complete yet: read more.
@@ -164,14 +170,15 @@ impl From<io::Error> for End {
     }
 }
 
-struct Framer {
-    frag: Fragmentizer,
+/// The server's framing of client input (also driven by [`crate::harness`]).
+pub(crate) struct Framer {
+    pub(crate) frag: Fragmentizer,
     limits: Limits,
     pending: usize,
 }
 
 impl Framer {
-    fn new(limits: &Limits) -> Self {
+    pub(crate) fn new(limits: &Limits) -> Self {
         Framer {
             frag: Fragmentizer::new(limits.max_literal.saturating_add(limits.max_line)),
             limits: limits.clone(),
@@ -180,7 +187,7 @@ impl Framer {
     }
 
     /// Advances the fragmentizer; answers literal announcements into `out`.
-    fn pump(&mut self, out: &mut Vec<u8>) -> Event {
+    pub(crate) fn pump(&mut self, out: &mut Vec<u8>) -> Event {
         loop {
             let Some(info) = self.frag.progress() else {
                 let bound = self.limits.max_literal as usize + self.limits.max_line as usize;
@@ -220,9 +227,27 @@ impl Framer {
         }
     }
 
-    fn enqueue(&mut self, bytes: &[u8]) {
+    pub(crate) fn enqueue(&mut self, bytes: &[u8]) {
         self.pending += bytes.len();
         self.frag.enqueue_bytes(bytes);
+    }
+
+    /// Everything the client sent after the message just handled, complete or not, as it
+    /// arrived (a relayed session passes it on); the framer starts afresh.
+    pub(crate) fn drain(&mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        loop {
+            let progressed = self.frag.progress().is_some();
+            if self.frag.is_message_complete() || !progressed {
+                rest.extend_from_slice(self.frag.message_bytes());
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        let limits = self.limits.clone();
+        *self = Framer::new(&limits);
+        rest
     }
 }
 
@@ -270,6 +295,42 @@ impl<B: Backend> Server<B> {
             acceptor,
             stats: Arc::default(),
         })
+    }
+
+    /// Serves a session relayed here from another node over `stream`: `account` logged in
+    /// there, from `client`, over TLS when `tls`. No greeting: the other node answered the
+    /// login; what comes first is the client's next command. Returns when the session ends.
+    pub async fn serve_relayed(
+        &self,
+        stream: Box<dyn RelayStream>,
+        account: Account,
+        client: SocketAddr,
+        tls: bool,
+    ) {
+        self.stats.session();
+        let session_config = SessionConfig {
+            hostname: self.config.hostname.clone(),
+            starttls: false,
+            peer: client.ip(),
+        };
+        let session = Session::authenticated(
+            self.backend.clone(),
+            self.throttle.clone(),
+            session_config,
+            tls,
+            account,
+        );
+        let end = serve_session(
+            Conn::Relayed(stream),
+            session,
+            Vec::new(),
+            client,
+            &self.config,
+            &self.backend,
+            None,
+        )
+        .await;
+        debug!(%client, ?end, "relayed session ended");
     }
 
     /// What this listener counts (sessions, refused connections); read it for metrics.
@@ -343,6 +404,12 @@ impl<B: Backend> Server<B> {
         )
         .await;
     }
+}
+
+/// Ends a connection the server gives up on: TLS's close_notify (so the client sees an
+/// orderly close, not a truncation), bounded in case the client reads nothing.
+async fn close(conn: &mut Conn) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.shutdown()).await;
 }
 
 async fn write(conn: &mut Conn, out: &mut Vec<u8>) -> Result<(), End> {
@@ -420,7 +487,7 @@ async fn connection<B: Backend>(
     stats: &ServerStats,
 ) -> Result<(), End> {
     let limits = &config.limits;
-    let mut conn = match (&acceptor, config.implicit_tls) {
+    let conn = match (&acceptor, config.implicit_tls) {
         (Some(acceptor), true) => {
             match handshake(acceptor, plain, limits.unauthenticated_timeout).await {
                 Ok(tls) => Conn::Tls(Box::new(tls)),
@@ -439,8 +506,23 @@ async fn connection<B: Backend>(
         peer: client.ip(),
     };
     let tls = matches!(conn, Conn::Tls(_));
-    let mut session = Session::new(backend, throttle, session_config, tls);
-    let mut out = session.greeting();
+    let session = Session::new(backend.clone(), throttle, session_config, tls);
+    let greeting = session.greeting();
+    serve_session(conn, session, greeting, client, &config, &backend, acceptor).await
+}
+
+/// Runs `session` on `conn` after sending `out` (the greeting, or nothing for a relayed
+/// session) until it ends.
+async fn serve_session<B: Backend>(
+    mut conn: Conn,
+    mut session: Session<B>,
+    mut out: Vec<u8>,
+    client: SocketAddr,
+    config: &ListenerConfig,
+    backend: &B,
+    acceptor: Option<TlsAcceptor>,
+) -> Result<(), End> {
+    let limits = &config.limits;
     write(&mut conn, &mut out).await?;
     let mut framer = Framer::new(limits);
     let mut buf = vec![0u8; 16 * 1024];
@@ -470,6 +552,7 @@ async fn connection<B: Backend>(
             Err(End::Timeout) => {
                 out.extend_from_slice(b"* BYE Autologout; idle for too long\r\n");
                 let _ = write(&mut conn, &mut out).await;
+                close(&mut conn).await;
                 return Err(End::Timeout);
             }
             Err(e) => return Err(e),
@@ -485,9 +568,23 @@ async fn connection<B: Backend>(
                 Ok(AuthenticateData::Continue(data)) => Some(data.declassify().to_vec()),
                 _ => None,
             };
-            session.auth_response(response.as_deref(), &mut out).await;
-            outcome = Outcome::Continue;
+            outcome = session.auth_response(response.as_deref(), &mut out).await;
             write(&mut conn, &mut out).await?;
+            if outcome == Outcome::Relay {
+                if let Some(relayed) = relay(
+                    &mut conn,
+                    &mut framer,
+                    &mut session,
+                    backend,
+                    client,
+                    &mut out,
+                )
+                .await
+                {
+                    return relayed;
+                }
+                outcome = Outcome::Continue;
+            }
             continue;
         }
         let command = match framer.frag.decode_message(&CommandCodec::default()) {
@@ -508,7 +605,12 @@ async fn connection<B: Backend>(
             }
         };
         if let Some(command) = command {
-            outcome = session.handle(command, &mut out).await;
+            // Long answers (FETCH, SEARCH) go out as they are made.
+            let mut responses = Responses::streaming(&mut out, &mut conn, STREAM_BUFFER);
+            outcome = session.handle_streaming(command, &mut responses).await;
+            if let Some(e) = responses.take_error() {
+                return Err(End::Io(e));
+            }
             if out.windows(5).any(|w| w == b" BAD ") {
                 errors += 1;
             }
@@ -524,6 +626,21 @@ async fn connection<B: Backend>(
                 let _ = conn.shutdown().await;
                 return Ok(());
             }
+            Outcome::Relay => {
+                if let Some(relayed) = relay(
+                    &mut conn,
+                    &mut framer,
+                    &mut session,
+                    backend,
+                    client,
+                    &mut out,
+                )
+                .await
+                {
+                    return relayed;
+                }
+                outcome = Outcome::Continue;
+            }
             Outcome::StartTls => {
                 let (Conn::Plain(plain), Some(acceptor)) = (conn, &acceptor) else {
                     return Err(End::Closed);
@@ -537,6 +654,48 @@ async fn connection<B: Backend>(
                 outcome = Outcome::Continue;
             }
             _ => {}
+        }
+    }
+}
+
+/// After a login for an account served elsewhere: connects the session to the node that
+/// serves it and relays it there until it ends (`Some`), or, when no node can take it,
+/// answers the login `NO [UNAVAILABLE]` and the session goes on unauthenticated (`None`).
+async fn relay<B: Backend>(
+    conn: &mut Conn,
+    framer: &mut Framer,
+    session: &mut Session<B>,
+    backend: &B,
+    client: SocketAddr,
+    out: &mut Vec<u8>,
+) -> Option<Result<(), End>> {
+    let (tag, account) = session.take_relay()?;
+    let request = crate::backend::RelayRequest {
+        account,
+        client,
+        tls: session.is_tls(),
+    };
+    match backend.relay(&request).await {
+        Ok(mut upstream) => {
+            out.extend_from_slice(format!("{} OK Logged in\r\n", tag.as_ref()).as_bytes());
+            if let Err(e) = write(conn, out).await {
+                return Some(Err(e));
+            }
+            let pending = framer.drain();
+            let end = crate::relay::pipe(conn, &mut upstream, &pending).await;
+            debug!(account = %request.account.name, ?end, "relayed session ended");
+            Some(Ok(()))
+        }
+        Err(e) => {
+            debug!(account = %request.account.name, error = %e, "relaying the session failed");
+            out.extend_from_slice(
+                format!(
+                    "{} NO [UNAVAILABLE] The mailbox server cannot be reached, try again later\r\n",
+                    tag.as_ref()
+                )
+                .as_bytes(),
+            );
+            write(conn, out).await.err().map(Err)
         }
     }
 }
@@ -557,8 +716,7 @@ async fn idle<B: Backend>(
     changes.borrow_and_update();
     let deadline = Instant::now() + limits.idle_timeout;
     // Changes made between SELECT and IDLE are reported at once.
-    session.idle_refresh(out).await;
-    write(conn, out).await?;
+    idle_refresh(conn, session, out).await?;
     loop {
         match framer.pump(out) {
             Event::Message => {
@@ -585,6 +743,7 @@ async fn idle<B: Backend>(
                 if let Err(End::Timeout) = read {
                     out.extend_from_slice(b"* BYE IDLE timed out\r\n");
                     let _ = write(conn, out).await;
+                    close(conn).await;
                 }
                 read?;
             }
@@ -594,9 +753,22 @@ async fn idle<B: Backend>(
                     let _ = write(conn, out).await;
                     return Err(End::Closed);
                 }
-                session.idle_refresh(out).await;
-                write(conn, out).await?;
+                idle_refresh(conn, session, out).await?;
             }
         }
     }
+}
+
+/// Sends the updates of the selected mailbox during IDLE, streamed like a command's.
+async fn idle_refresh<B: Backend>(
+    conn: &mut Conn,
+    session: &mut Session<B>,
+    out: &mut Vec<u8>,
+) -> Result<(), End> {
+    let mut responses = Responses::streaming(out, conn, STREAM_BUFFER);
+    session.idle_refresh_streaming(&mut responses).await;
+    if let Some(e) = responses.take_error() {
+        return Err(End::Io(e));
+    }
+    write(conn, out).await
 }

@@ -9,7 +9,10 @@
 //! FETCH/STORE/SEARCH by sequence number.
 
 use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashSet};
+use std::io;
 use std::net::IpAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use imap_codec::imap_types::IntoStatic;
@@ -25,12 +28,123 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use imap_codec::imap_types::status::StatusDataItemName;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::backend::{Account, AuthVerdict, Backend, BackendError, FlagOp, MessageMeta};
+use crate::backend::{
+    Account, AuthVerdict, Backend, BackendError, FlagOp, MailboxStatus, MessageMeta,
+};
 use crate::mime;
 use crate::throttle::Throttle;
 use crate::wire;
+
+/// Messages read from the backend per call while a command walks a mailbox (FETCH,
+/// SEARCH, SELECT, EXPUNGE, refresh): what bounds the metadata held at once.
+pub const PAGE: usize = 1000;
+
+/// Bodies read together by FETCH and SEARCH: at most this many messages…
+const BODY_BATCH: usize = 64;
+/// …and at most this many octets (one larger message is read alone).
+const BODY_BATCH_BYTES: u64 = 1 << 20;
+
+/// How much a streaming [`Responses`] buffers before writing to the connection.
+pub const STREAM_BUFFER: usize = 256 * 1024;
+
+/// Where a command's responses go: a buffer, and optionally the connection it drains into.
+///
+/// Without a connection ([`Responses::buffered`]) everything stays in the buffer, as tests
+/// and the fuzz harness want. With one ([`Responses::streaming`]) a command that answers
+/// with many responses (FETCH, SEARCH, the updates of a refresh) writes the buffer out
+/// whenever it holds more than the limit, and waits for the connection to take it, so a
+/// slow client slows the command down instead of growing the buffer: memory stays at the
+/// limit plus one response whatever the mailbox's size. The buffer derefs to its `Vec`.
+pub struct Responses<'a> {
+    buf: &'a mut Vec<u8>,
+    conn: Option<&'a mut (dyn AsyncWrite + Unpin + Send)>,
+    limit: usize,
+    peak: usize,
+    failed: Option<io::Error>,
+}
+
+impl<'a> Responses<'a> {
+    /// Everything into `buf`.
+    pub fn buffered(buf: &'a mut Vec<u8>) -> Self {
+        Responses {
+            buf,
+            conn: None,
+            limit: usize::MAX,
+            peak: 0,
+            failed: None,
+        }
+    }
+
+    /// Into `buf`, written to `conn` whenever it holds more than `limit` bytes. What is
+    /// left when the command ends is the caller's to write.
+    pub fn streaming(
+        buf: &'a mut Vec<u8>,
+        conn: &'a mut (dyn AsyncWrite + Unpin + Send),
+        limit: usize,
+    ) -> Self {
+        Responses {
+            buf,
+            conn: Some(conn),
+            limit,
+            peak: 0,
+            failed: None,
+        }
+    }
+
+    /// The most the buffer held at once so far.
+    pub fn peak(&self) -> usize {
+        self.peak.max(self.buf.len())
+    }
+
+    /// Why writing to the connection failed, if it did (the command was then abandoned and
+    /// the connection is to be closed).
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.failed.take()
+    }
+
+    /// Between two responses: writes the buffer out if it passed the limit.
+    async fn spill(&mut self) -> Result<(), Fail> {
+        if self.buf.len() <= self.limit {
+            return Ok(());
+        }
+        self.peak = self.peak.max(self.buf.len());
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let written = async {
+            conn.write_all(self.buf).await?;
+            conn.flush().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.buf.clear();
+                Ok(())
+            }
+            Err(e) => {
+                self.buf.clear();
+                self.failed = Some(e);
+                Err(Fail::Closed)
+            }
+        }
+    }
+}
+
+impl Deref for Responses<'_> {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        self.buf
+    }
+}
+
+impl DerefMut for Responses<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+}
 
 /// What the server does after a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +160,9 @@ pub enum Outcome {
     Idle,
     /// Send the output and close the connection.
     Logout,
+    /// The login succeeded but this node does not serve the account: relay the session
+    /// ([`Session::take_relay`]); the login's tagged answer is not written yet.
+    Relay,
 }
 
 /// Per-connection facts and settings.
@@ -65,6 +182,10 @@ struct Selected {
     read_only: bool,
     /// `(uid, modseq)` by sequence number − 1.
     messages: Vec<(u32, u64)>,
+    /// The mailbox's HIGHESTMODSEQ and UIDNEXT when the view was last brought up to date:
+    /// while the backend reports the same, nothing changed.
+    highest_modseq: u64,
+    uid_next: u32,
 }
 
 #[derive(Debug)]
@@ -80,6 +201,8 @@ enum State {
 enum Fail {
     No(String),
     Bad(String),
+    /// The connection failed while responses were written out: no answer can be sent.
+    Closed,
 }
 
 impl From<BackendError> for Fail {
@@ -121,6 +244,8 @@ pub struct Session<B> {
     state: State,
     condstore: bool,
     pending: Option<(Tag<'static>, PendingKind)>,
+    /// A login whose session is to be relayed: the account, then the login's tag.
+    relay: Option<(Option<Tag<'static>>, Account)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +265,38 @@ impl<B: Backend> Session<B> {
             state: State::NotAuthenticated,
             condstore: false,
             pending: None,
+            relay: None,
         }
+    }
+
+    /// A session relayed from another node: `account` logged in there; no greeting is sent.
+    pub fn authenticated(
+        backend: Arc<B>,
+        throttle: Arc<Throttle>,
+        config: SessionConfig,
+        tls: bool,
+        account: Account,
+    ) -> Self {
+        let mut session = Self::new(backend, throttle, config, tls);
+        session.state = State::Authenticated(account);
+        session
+    }
+
+    /// After [`Outcome::Relay`]: the login command's tag and the account whose session is to
+    /// be relayed. The session stays unauthenticated: if relaying fails, the server answers
+    /// the login `NO` and the client may try again.
+    pub fn take_relay(&mut self) -> Option<(Tag<'static>, Account)> {
+        match self.relay.take() {
+            Some((Some(tag), account)) => Some((tag, account)),
+            _ => None,
+        }
+    }
+
+    /// Turns a login that found the account served elsewhere into [`Outcome::Relay`].
+    fn relay_after_login(&mut self, tag: &Tag<'static>) -> Option<Outcome> {
+        let (slot, _) = self.relay.as_mut()?;
+        *slot = Some(tag.clone());
+        Some(Outcome::Relay)
     }
 
     /// The greeting line.
@@ -207,6 +363,18 @@ impl<B: Backend> Session<B> {
 
     /// Handles one command, appending the responses to `out`.
     pub async fn handle(&mut self, command: Command<'_>, out: &mut Vec<u8>) -> Outcome {
+        self.handle_streaming(command, &mut Responses::buffered(out))
+            .await
+    }
+
+    /// Handles one command, its responses into `out` (written out as they come when `out`
+    /// streams). When writing fails the command is abandoned with [`Outcome::Logout`] and
+    /// [`Responses::take_error`] says why.
+    pub async fn handle_streaming(
+        &mut self,
+        command: Command<'_>,
+        out: &mut Responses<'_>,
+    ) -> Outcome {
         let tag = command.tag.clone();
         let mut text = String::from("completed");
         match self.dispatch(command, out, &mut text).await {
@@ -227,13 +395,14 @@ impl<B: Backend> Session<B> {
                 out.extend_from_slice(format!("{} BAD {t}\r\n", tag.as_ref()).as_bytes());
                 Outcome::Continue
             }
+            Err(Fail::Closed) => Outcome::Logout,
         }
     }
 
     async fn dispatch(
         &mut self,
         command: Command<'_>,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
         text: &mut String,
     ) -> Result<Outcome, Fail> {
         let tag = command.tag.clone().into_static();
@@ -266,6 +435,9 @@ impl<B: Backend> Session<B> {
                 let user = String::from_utf8_lossy(username.as_ref()).into_owned();
                 let pass = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
                 self.login(&user, &pass, out).await?;
+                if let Some(relay) = self.relay_after_login(&tag) {
+                    return Ok(relay);
+                }
                 *text = "Logged in".into();
             }
             CommandBody::Authenticate {
@@ -279,6 +451,9 @@ impl<B: Backend> Session<B> {
                 match initial_response {
                     Some(ir) => {
                         self.plain(ir.declassify(), out).await?;
+                        if let Some(relay) = self.relay_after_login(&tag) {
+                            return Ok(relay);
+                        }
                         *text = "Logged in".into();
                     }
                     None => {
@@ -426,7 +601,7 @@ impl<B: Backend> Session<B> {
                     LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
                     LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
                 };
-                let flags = flags.iter().map(|f| f.to_string()).collect();
+                let flags = storable_flags(&flags)?;
                 let date = match date {
                     Some(d) => d.as_ref().timestamp(),
                     None => now_secs(),
@@ -558,6 +733,10 @@ impl<B: Backend> Session<B> {
             return no("[AUTHENTICATIONFAILED] Too many failures, try later");
         }
         match self.backend.authenticate(user, password).await {
+            AuthVerdict::Ok(account) if !self.backend.serves(&account) => {
+                self.relay = Some((None, account));
+                Ok(())
+            }
             AuthVerdict::Ok(account) => {
                 self.state = State::Authenticated(account);
                 Ok(())
@@ -591,20 +770,29 @@ impl<B: Backend> Session<B> {
     }
 
     /// The client's SASL response to `AUTHENTICATE PLAIN` (`None`: it cancelled with `*`).
-    pub async fn auth_response(&mut self, response: Option<&[u8]>, out: &mut Vec<u8>) {
+    /// [`Outcome::Relay`] when the account is served elsewhere, otherwise
+    /// [`Outcome::Continue`].
+    pub async fn auth_response(&mut self, response: Option<&[u8]>, out: &mut Vec<u8>) -> Outcome {
         let Some((tag, PendingKind::Auth)) = self.pending.take() else {
-            return;
+            return Outcome::Continue;
         };
         let result = match response {
             None => Err(Fail::Bad("Authentication cancelled".into())),
             Some(r) => self.plain(r, out).await,
         };
+        if result.is_ok()
+            && let Some(relay) = self.relay_after_login(&tag)
+        {
+            return relay;
+        }
         let line = match result {
             Ok(()) => format!("{} OK Logged in\r\n", tag.as_ref()),
             Err(Fail::No(t)) => format!("{} NO {t}\r\n", tag.as_ref()),
             Err(Fail::Bad(t)) => format!("{} BAD {t}\r\n", tag.as_ref()),
+            Err(Fail::Closed) => return Outcome::Logout,
         };
         out.extend_from_slice(line.as_bytes());
+        Outcome::Continue
     }
 
     /// The change notification IDLE waits on.
@@ -614,6 +802,12 @@ impl<B: Backend> Session<B> {
 
     /// During IDLE: the store changed; sends the updates.
     pub async fn idle_refresh(&mut self, out: &mut Vec<u8>) {
+        self.idle_refresh_streaming(&mut Responses::buffered(out))
+            .await
+    }
+
+    /// As [`Session::idle_refresh`], into a possibly streaming `out`.
+    pub async fn idle_refresh_streaming(&mut self, out: &mut Responses<'_>) {
         if let Err(Fail::No(t) | Fail::Bad(t)) = self.refresh(out).await {
             out.extend_from_slice(format!("* NO {t}\r\n").as_bytes());
         }
@@ -651,8 +845,38 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    async fn all_messages(&self, account: &Account, name: &str) -> Result<Vec<MessageMeta>, Fail> {
-        Ok(self.backend.messages(account, name, 1..=u32::MAX).await?)
+    /// The `(uid, modseq)` list of a whole mailbox, read a page at a time: UID ranges sized
+    /// to hold about [`PAGE`] messages each, from 1 to `uid_next` and then whatever arrived
+    /// since. Only the list is kept, never the pages' metadata.
+    async fn read_view(
+        &self,
+        account: &Account,
+        name: &str,
+        status: &MailboxStatus,
+    ) -> Result<Vec<(u32, u64)>, Fail> {
+        let mut view = Vec::with_capacity((status.messages as usize).min(16 * PAGE));
+        let mut from = 1u32;
+        let mut width = PAGE as u32;
+        loop {
+            let last = from >= status.uid_next.saturating_sub(1) || from == u32::MAX;
+            let to = if last {
+                u32::MAX
+            } else {
+                from.saturating_add(width - 1).min(status.uid_next - 1)
+            };
+            let page = self.backend.messages(account, name, from..=to).await?;
+            view.extend(page.iter().map(|m| (m.uid, m.modseq)));
+            if last || to == u32::MAX {
+                return Ok(view);
+            }
+            // Sparse UIDs (many expunged) widen the range, dense ones narrow it.
+            if page.len() < PAGE / 2 {
+                width = width.saturating_mul(2);
+            } else if page.len() > PAGE && width > 1 {
+                width /= 2;
+            }
+            from = to + 1;
+        }
     }
 
     async fn select(
@@ -660,7 +884,7 @@ impl<B: Backend> Session<B> {
         mailbox: &Mailbox<'_>,
         read_only: bool,
         condstore: bool,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<String, Fail> {
         let account = self.logged_in()?;
         let name = mailbox_name(mailbox)?;
@@ -668,8 +892,10 @@ impl<B: Backend> Session<B> {
             self.state = State::Authenticated(account.clone());
             out.extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
         }
+        // The counters first: a change made while the list is read is newer than them, so
+        // the next refresh reports it.
         let status = self.backend.status(&account, &name).await?;
-        let metas = self.all_messages(&account, &name).await?;
+        let messages = self.read_view(&account, &name, &status).await?;
         self.condstore |= condstore;
         out.extend_from_slice(format!("* FLAGS ({SYSTEM_FLAGS})\r\n").as_bytes());
         if read_only {
@@ -680,7 +906,7 @@ impl<B: Backend> Session<B> {
                     .as_bytes(),
             );
         }
-        out.extend_from_slice(format!("* {} EXISTS\r\n* 0 RECENT\r\n", metas.len()).as_bytes());
+        out.extend_from_slice(format!("* {} EXISTS\r\n* 0 RECENT\r\n", messages.len()).as_bytes());
         out.extend_from_slice(
             format!("* OK [UIDVALIDITY {}] UIDs valid\r\n", status.uid_validity).as_bytes(),
         );
@@ -695,7 +921,9 @@ impl<B: Backend> Session<B> {
             Selected {
                 name,
                 read_only,
-                messages: metas.iter().map(|m| (m.uid, m.modseq)).collect(),
+                messages,
+                highest_modseq: status.highest_modseq,
+                uid_next: status.uid_next,
             },
         );
         Ok(if read_only {
@@ -710,7 +938,7 @@ impl<B: Backend> Session<B> {
         reference: &Mailbox<'_>,
         pattern: &ListMailbox<'_>,
         lsub: bool,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<(), Fail> {
         let account = self.logged_in()?;
         let reference = match reference {
@@ -758,47 +986,157 @@ impl<B: Backend> Session<B> {
         Ok(())
     }
 
-    /// Re-reads the selected mailbox and reports expunges, new messages and flag changes.
-    async fn refresh(&mut self, out: &mut Vec<u8>) -> Result<(), Fail> {
+    /// Brings the selected mailbox's view up to date and reports expunges, new messages
+    /// and flag changes. The counters first: while HIGHESTMODSEQ, UIDNEXT and the count
+    /// are what the view last saw, nothing changed and nothing more is read. Otherwise the
+    /// mailbox's change feed after the view's HIGHESTMODSEQ says what changed; a backend
+    /// without one has the whole mailbox compared, a page at a time.
+    async fn refresh(&mut self, out: &mut Responses<'_>) -> Result<(), Fail> {
         let State::Selected(account, sel) = &self.state else {
             return Ok(());
         };
-        let metas = self.all_messages(account, &sel.name).await?;
+        let (account, name) = (account.clone(), sel.name.clone());
+        let status = self.backend.status(&account, &name).await?;
+        if status.highest_modseq == sel.highest_modseq
+            && status.uid_next == sel.uid_next
+            && status.messages as usize == sel.messages.len()
+        {
+            return Ok(());
+        }
+        let delta = match self.delta_from_feed(&account, &name).await? {
+            Some(delta) => delta,
+            None => self.delta_by_comparing(&account, &name).await?,
+        };
+        self.apply_delta(&account, &name, delta, out).await?;
+        if let State::Selected(_, sel) = &mut self.state {
+            sel.highest_modseq = status.highest_modseq;
+            sel.uid_next = status.uid_next;
+        }
+        Ok(())
+    }
+
+    /// What changed after the view's HIGHESTMODSEQ, from the backend's change feed.
+    async fn delta_from_feed(&self, account: &Account, name: &str) -> Result<Option<Delta>, Fail> {
+        let State::Selected(_, sel) = &self.state else {
+            return Ok(None);
+        };
+        let known_max = sel.messages.last().map_or(0, |m| m.0);
+        let mut after = (sel.highest_modseq, u32::MAX);
+        let mut delta = Delta::default();
+        loop {
+            let Some(page) = self
+                .backend
+                .changes_after(account, name, after, PAGE)
+                .await?
+            else {
+                return Ok(None);
+            };
+            for c in &page.changes {
+                if c.expunged {
+                    delta.new.remove(&c.uid);
+                    delta.changed.remove(&c.uid);
+                    if c.uid <= known_max {
+                        delta.expunged.insert(c.uid);
+                    }
+                } else if c.uid > known_max {
+                    delta.new.insert(c.uid, c.modseq);
+                } else {
+                    delta.changed.insert(c.uid);
+                }
+            }
+            match page.next {
+                Some(next) if next > after => after = next,
+                _ => return Ok(Some(delta)),
+            }
+        }
+    }
+
+    /// What changed, by reading the whole mailbox a page at a time and comparing.
+    async fn delta_by_comparing(&self, account: &Account, name: &str) -> Result<Delta, Fail> {
+        let mut delta = Delta::default();
+        let count = self.view_len();
+        let mut start = 0;
+        while start < count {
+            let page = self.view_page(start, PAGE);
+            start += page.len();
+            let metas = self.page_metas(account, name, &page).await?;
+            let mut found = metas.iter().peekable();
+            for &(_, uid, modseq) in &page {
+                match found.next_if(|(_, m)| m.uid == uid) {
+                    Some((_, m)) if m.modseq != modseq => {
+                        delta.changed.insert(uid);
+                    }
+                    Some(_) => {}
+                    None => {
+                        delta.expunged.insert(uid);
+                    }
+                }
+            }
+        }
+        let known_max = self.view_last_uid();
+        if known_max < u32::MAX {
+            for m in self
+                .backend
+                .messages(account, name, known_max + 1..=u32::MAX)
+                .await?
+            {
+                delta.new.insert(m.uid, m.modseq);
+            }
+        }
+        Ok(delta)
+    }
+
+    /// Reports `delta` as RFC 9051 wants it: EXPUNGEs (highest sequence number first, each
+    /// valid when sent), then EXISTS, then a FETCH FLAGS for each message whose MODSEQ moved.
+    async fn apply_delta(
+        &mut self,
+        account: &Account,
+        name: &str,
+        delta: Delta,
+        out: &mut Responses<'_>,
+    ) -> Result<(), Fail> {
         let State::Selected(_, sel) = &mut self.state else {
             return Ok(());
         };
-        let present: std::collections::HashSet<u32> = metas.iter().map(|m| m.uid).collect();
-        for i in (0..sel.messages.len()).rev() {
-            if !present.contains(&sel.messages[i].0) {
-                sel.messages.remove(i);
-                out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+        if !delta.expunged.is_empty() {
+            for i in (0..sel.messages.len()).rev() {
+                if delta.expunged.contains(&sel.messages[i].0) {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    out.spill().await?;
+                }
             }
+            sel.messages.retain(|m| !delta.expunged.contains(&m.0));
         }
-        let known_max = sel.messages.last().map_or(0, |m| m.0);
-        let before = sel.messages.len();
-        let mut changed = Vec::new();
-        let mut seq = 0;
-        for m in &metas {
-            if m.uid > known_max {
-                sel.messages.push((m.uid, m.modseq));
-                continue;
-            }
-            while seq < sel.messages.len() && sel.messages[seq].0 < m.uid {
-                seq += 1;
-            }
-            if seq < sel.messages.len()
-                && sel.messages[seq].0 == m.uid
-                && sel.messages[seq].1 != m.modseq
-            {
-                sel.messages[seq].1 = m.modseq;
-                changed.push((seq + 1, m));
-            }
-        }
-        if sel.messages.len() != before {
+        if !delta.new.is_empty() {
+            sel.messages.extend(delta.new);
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.messages.len()).as_bytes());
         }
-        for (seq, m) in changed {
-            self.fetch_flags_line(seq, m, out);
+        // Sequence numbers of the changed messages still in the view, in order.
+        let mut changed: Vec<(usize, u32, u64)> = delta
+            .changed
+            .iter()
+            .filter_map(|uid| {
+                let i = sel.messages.binary_search_by_key(uid, |m| m.0).ok()?;
+                Some((i + 1, *uid, sel.messages[i].1))
+            })
+            .collect();
+        changed.sort_unstable();
+        for page in changed.chunks(PAGE) {
+            let metas = self.page_metas(account, name, page).await?;
+            for (seq, m) in &metas {
+                let State::Selected(_, sel) = &mut self.state else {
+                    return Ok(());
+                };
+                let Some(entry) = sel.messages.get_mut(seq - 1) else {
+                    continue;
+                };
+                if entry.0 != m.uid || entry.1 == m.modseq {
+                    continue;
+                }
+                entry.1 = m.modseq;
+                self.fetch_flags_line(*seq, m, out);
+                out.spill().await?;
+            }
         }
         Ok(())
     }
@@ -812,78 +1150,151 @@ impl<B: Backend> Session<B> {
         out.extend_from_slice(b")\r\n");
     }
 
-    /// `(sequence number, uid)` of the selected messages in `set`.
-    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(usize, u32)>, Fail> {
-        let State::Selected(_, sel) = &self.state else {
-            return bad("No mailbox selected");
-        };
-        let msgs = &sel.messages;
-        if uid {
-            let largest = msgs.last().map_or(0, |m| m.0);
-            Ok(msgs
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| set_contains(set, m.0, largest))
-                .map(|(i, m)| (i + 1, m.0))
-                .collect())
-        } else {
-            let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
-            for seq in set.0.as_ref() {
-                let values = match seq {
-                    Sequence::Single(v) => vec![v],
-                    Sequence::Range(a, b) => vec![a, b],
-                };
-                for v in values {
-                    if let SeqOrUid::Value(n) = v {
-                        if n.get() > count {
-                            return bad("Invalid message sequence number");
-                        }
-                    } else if count == 0 {
-                        return bad("Invalid message sequence number (mailbox is empty)");
-                    }
-                }
-            }
-            Ok(msgs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| set_contains(set, *i as u32 + 1, count))
-                .map(|(i, m)| (i + 1, m.0))
-                .collect())
+    fn view_len(&self) -> usize {
+        match &self.state {
+            State::Selected(_, sel) => sel.messages.len(),
+            _ => 0,
         }
     }
 
-    async fn metas_for(
+    fn view_last_uid(&self) -> u32 {
+        match &self.state {
+            State::Selected(_, sel) => sel.messages.last().map_or(0, |m| m.0),
+            _ => 0,
+        }
+    }
+
+    /// Up to `max` messages of the view from index `start` on.
+    fn view_page(&self, start: usize, max: usize) -> Vec<Target> {
+        let State::Selected(_, sel) = &self.state else {
+            return Vec::new();
+        };
+        sel.messages
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(max)
+            .map(|(i, m)| (i + 1, m.0, m.1))
+            .collect()
+    }
+
+    /// Refuses sequence numbers beyond the view (`*` in an empty mailbox included).
+    fn check_set(&self, set: &SequenceSet, uid: bool) -> Result<(), Fail> {
+        let State::Selected(_, sel) = &self.state else {
+            return bad("No mailbox selected");
+        };
+        if uid {
+            return Ok(());
+        }
+        let count = u32::try_from(sel.messages.len()).unwrap_or(u32::MAX);
+        for seq in set.0.as_ref() {
+            let values = match seq {
+                Sequence::Single(v) => vec![v],
+                Sequence::Range(a, b) => vec![a, b],
+            };
+            for v in values {
+                if let SeqOrUid::Value(n) = v {
+                    if n.get() > count {
+                        return bad("Invalid message sequence number");
+                    }
+                } else if count == 0 {
+                    return bad("Invalid message sequence number (mailbox is empty)");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `max` of the selected messages in `set`, from view index `start` on, and the
+    /// index to continue from when there may be more.
+    fn resolve_page(
+        &self,
+        set: &SequenceSet,
+        uid: bool,
+        start: usize,
+        max: usize,
+    ) -> (Vec<Target>, Option<usize>) {
+        let State::Selected(_, sel) = &self.state else {
+            return (Vec::new(), None);
+        };
+        let msgs = &sel.messages;
+        let largest = if uid {
+            msgs.last().map_or(0, |m| m.0)
+        } else {
+            u32::try_from(msgs.len()).unwrap_or(u32::MAX)
+        };
+        let mut page = Vec::new();
+        for (i, m) in msgs.iter().enumerate().skip(start) {
+            let value = if uid {
+                m.0
+            } else {
+                u32::try_from(i + 1).unwrap_or(u32::MAX)
+            };
+            if set_contains(set, value, largest) {
+                if page.len() == max {
+                    return (page, Some(i));
+                }
+                page.push((i + 1, m.0, m.1));
+            }
+        }
+        (page, None)
+    }
+
+    /// `(sequence number, uid)` of all the selected messages in `set`.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(usize, u32)>, Fail> {
+        self.check_set(set, uid)?;
+        let (all, _) = self.resolve_page(set, uid, 0, usize::MAX);
+        Ok(all.into_iter().map(|(seq, uid, _)| (seq, uid)).collect())
+    }
+
+    /// The metadata of the messages `page` (in view order; those expunged meanwhile left
+    /// out). Targets close together in the view are read with one UID range: a range
+    /// spans at most 2 × [`PAGE`] messages of the view, and messages that arrived after the
+    /// view was read have higher UIDs than any of them, so no read returns more than that.
+    async fn page_metas(
         &self,
         account: &Account,
         name: &str,
-        targets: &[(usize, u32)],
+        page: &[Target],
     ) -> Result<Vec<(usize, MessageMeta)>, Fail> {
-        let (Some(first), Some(last)) = (targets.first(), targets.last()) else {
-            return Ok(Vec::new());
-        };
-        let metas = self
-            .backend
-            .messages(account, name, first.1..=last.1)
-            .await?;
-        let mut by_uid: std::collections::HashMap<u32, MessageMeta> =
-            metas.into_iter().map(|m| (m.uid, m)).collect();
-        Ok(targets
-            .iter()
-            .filter_map(|(seq, uid)| by_uid.remove(uid).map(|m| (*seq, m)))
-            .collect())
+        let mut metas = Vec::with_capacity(page.len());
+        let mut i = 0;
+        while i < page.len() {
+            let first = page[i].0;
+            let mut j = i + 1;
+            while j < page.len() && page[j].0 - first < 2 * PAGE {
+                j += 1;
+            }
+            let group = &page[i..j];
+            let found = self
+                .backend
+                .messages(account, name, group[0].1..=group[group.len() - 1].1)
+                .await?;
+            let mut found = found.into_iter().peekable();
+            for &(seq, uid, _) in group {
+                while found.next_if(|m| m.uid < uid).is_some() {}
+                if let Some(m) = found.next_if(|m| m.uid == uid) {
+                    metas.push((seq, m));
+                }
+            }
+            i = j;
+        }
+        Ok(metas)
     }
 
+    /// FETCH, streamed: the targets a page at a time, their metadata one backend read per
+    /// page, bodies in small batches, each response written out as it is made.
     async fn fetch(
         &mut self,
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
         changed_since: Option<u64>,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<(), Fail> {
         let (account, sel) = self.selected()?;
         let (name, read_only) = (sel.name.clone(), sel.read_only);
-        let targets = self.resolve(set, uid)?;
+        self.check_set(set, uid)?;
         let mut names = match items {
             MacroOrMessageDataItemNames::Macro(m) => {
                 m.expand().into_iter().map(|n| n.into_static()).collect()
@@ -902,10 +1313,6 @@ impl<B: Backend> Session<B> {
         if uid && !names.iter().any(|n| matches!(n, MessageDataItemName::Uid)) {
             names.insert(0, MessageDataItemName::Uid);
         }
-        let mut metas = self.metas_for(&account, &name, &targets).await?;
-        if let Some(since) = changed_since {
-            metas.retain(|(_, m)| m.modseq > since);
-        }
         let sets_seen = !read_only
             && names.iter().any(|n| {
                 matches!(
@@ -916,44 +1323,15 @@ impl<B: Backend> Session<B> {
                         | MessageDataItemName::Rfc822Text
                 )
             });
-        let mut add_flags = false;
-        if sets_seen {
-            let unseen: Vec<u32> = metas
-                .iter()
-                .filter(|(_, m)| !has_flag(m, "\\Seen"))
-                .map(|(_, m)| m.uid)
-                .collect();
-            if !unseen.is_empty() {
-                let outcome = self
-                    .backend
-                    .store(
-                        &account,
-                        &name,
-                        &unseen,
-                        FlagOp::Add,
-                        &["\\Seen".to_string()],
-                        None,
-                    )
-                    .await?;
-                for u in outcome.updated {
-                    if let Some((_, m)) = metas.iter_mut().find(|(_, m)| m.uid == u.uid) {
-                        *m = u;
-                    }
-                }
-                add_flags = !names
-                    .iter()
-                    .any(|n| matches!(n, MessageDataItemName::Flags));
-            }
-        }
+        let has_flags = names
+            .iter()
+            .any(|n| matches!(n, MessageDataItemName::Flags));
         if self.condstore
             && !names
                 .iter()
                 .any(|n| matches!(n, MessageDataItemName::ModSeq))
         {
             names.push(MessageDataItemName::ModSeq);
-        }
-        if add_flags {
-            names.push(MessageDataItemName::Flags);
         }
         let needs_body = names.iter().any(|n| {
             !matches!(
@@ -965,27 +1343,87 @@ impl<B: Backend> Session<B> {
                     | MessageDataItemName::ModSeq
             )
         });
-        for (seq, meta) in &metas {
-            let body = if needs_body {
-                match self.backend.message(&account, &name, meta.uid).await? {
-                    Some(b) => b,
-                    None => continue,
-                }
-            } else {
-                Vec::new()
-            };
-            let structure = OnceCell::new();
-            let mut line = format!("* {seq} FETCH (").into_bytes();
-            for (i, n) in names.iter().enumerate() {
-                if i > 0 {
-                    line.push(b' ');
-                }
-                fetch_item(n, meta, &body, &structure, &mut line)?;
+        let flags_item = [MessageDataItemName::Flags];
+        let mut start = 0;
+        loop {
+            let (page, next) = self.resolve_page(set, uid, start, PAGE);
+            let mut metas = self.page_metas(&account, &name, &page).await?;
+            drop(page);
+            if let Some(since) = changed_since {
+                metas.retain(|(_, m)| m.modseq > since);
             }
-            line.extend_from_slice(b")\r\n");
-            out.extend_from_slice(&line);
+            let mut add_flags = false;
+            if sets_seen {
+                let unseen: Vec<u32> = metas
+                    .iter()
+                    .filter(|(_, m)| !has_flag(m, "\\Seen"))
+                    .map(|(_, m)| m.uid)
+                    .collect();
+                if !unseen.is_empty() {
+                    let outcome = self
+                        .backend
+                        .store(
+                            &account,
+                            &name,
+                            &unseen,
+                            FlagOp::Add,
+                            &["\\Seen".to_string()],
+                            None,
+                        )
+                        .await?;
+                    let mut updated = outcome.updated.into_iter().peekable();
+                    for (_, m) in metas.iter_mut() {
+                        while updated.next_if(|u| u.uid < m.uid).is_some() {}
+                        if let Some(u) = updated.next_if(|u| u.uid == m.uid) {
+                            *m = u;
+                        }
+                    }
+                    add_flags = !has_flags;
+                }
+            }
+            // When \Seen was set here, FLAGS goes along (RFC 9051 §6.4.5).
+            let extra: &[MessageDataItemName<'_>] = if add_flags { &flags_item } else { &[] };
+            let mut at = 0;
+            while at < metas.len() {
+                let end = if needs_body {
+                    body_batch_end(&metas, at)
+                } else {
+                    metas.len()
+                };
+                let bodies = if needs_body {
+                    let uids: Vec<u32> = metas[at..end].iter().map(|(_, m)| m.uid).collect();
+                    self.backend.bodies(&account, &name, &uids).await?
+                } else {
+                    Vec::new()
+                };
+                for (k, (seq, meta)) in metas[at..end].iter().enumerate() {
+                    let body: &[u8] = if needs_body {
+                        match bodies.get(k) {
+                            Some(Some(b)) => b,
+                            _ => continue,
+                        }
+                    } else {
+                        &[]
+                    };
+                    let structure = OnceCell::new();
+                    let mut line = format!("* {seq} FETCH (").into_bytes();
+                    for (i, n) in names.iter().chain(extra).enumerate() {
+                        if i > 0 {
+                            line.push(b' ');
+                        }
+                        fetch_item(n, meta, body, &structure, &mut line)?;
+                    }
+                    line.extend_from_slice(b")\r\n");
+                    out.extend_from_slice(&line);
+                    out.spill().await?;
+                }
+                at = end;
+            }
+            match next {
+                Some(n) => start = n,
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -997,7 +1435,7 @@ impl<B: Backend> Session<B> {
         uid: bool,
         silent: bool,
         unchanged_since: Option<u64>,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<Option<String>, Fail> {
         let (account, sel) = self.selected()?;
         if sel.read_only {
@@ -1008,7 +1446,7 @@ impl<B: Backend> Session<B> {
         if unchanged_since.is_some() {
             self.condstore = true;
         }
-        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let flags = storable_flags(flags)?;
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         if uids.is_empty() {
             return Ok(None);
@@ -1058,26 +1496,46 @@ impl<B: Backend> Session<B> {
         )))
     }
 
+    /// The UIDs of the mailbox's `\Deleted` messages (within `within`), read a page at a
+    /// time: the view's messages, then those that arrived since.
     async fn deleted_uids(
         &self,
         account: &Account,
         name: &str,
         within: Option<&SequenceSet>,
     ) -> Result<Vec<u32>, Fail> {
-        let metas = self.all_messages(account, name).await?;
-        let largest = metas.last().map_or(0, |m| m.uid);
-        Ok(metas
-            .iter()
-            .filter(|m| has_flag(m, "\\Deleted"))
-            .filter(|m| within.is_none_or(|s| set_contains(s, m.uid, largest)))
-            .map(|m| m.uid)
-            .collect())
+        let known_max = self.view_last_uid();
+        let tail = if known_max < u32::MAX {
+            self.backend
+                .messages(account, name, known_max + 1..=u32::MAX)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let largest = tail.last().map_or(known_max, |m| m.uid);
+        let wanted = |m: &MessageMeta| {
+            has_flag(m, "\\Deleted") && within.is_none_or(|s| set_contains(s, m.uid, largest))
+        };
+        let mut uids = Vec::new();
+        let count = self.view_len();
+        let mut start = 0;
+        while start < count {
+            let page = self.view_page(start, PAGE);
+            start += page.len().max(1);
+            for (_, m) in self.page_metas(account, name, &page).await? {
+                if wanted(&m) {
+                    uids.push(m.uid);
+                }
+            }
+        }
+        uids.extend(tail.iter().filter(|m| wanted(m)).map(|m| m.uid));
+        Ok(uids)
     }
 
     async fn expunge(
         &mut self,
         within: Option<SequenceSet>,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<(), Fail> {
         let (account, sel) = self.selected()?;
         if sel.read_only {
@@ -1097,7 +1555,7 @@ impl<B: Backend> Session<B> {
         mailbox: &Mailbox<'_>,
         uid: bool,
         remove: bool,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<String, Fail> {
         let (account, sel) = self.selected()?;
         if remove && sel.read_only {
@@ -1136,51 +1594,79 @@ impl<B: Backend> Session<B> {
         })
     }
 
+    /// SEARCH: the mailbox a page of metadata at a time, bodies (when a key needs them) in
+    /// small batches. The hits are kept as numbers until the search is done, so a failure
+    /// halfway never leaves half a response line; the line itself is streamed.
     async fn search(
         &mut self,
         criteria: &[SearchKey<'_>],
         uid: bool,
-        out: &mut Vec<u8>,
+        out: &mut Responses<'_>,
     ) -> Result<(), Fail> {
         let (account, sel) = self.selected()?;
         let name = sel.name.clone();
         let count = sel.messages.len();
-        let all: Vec<(usize, u32)> = sel
-            .messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (i + 1, m.0))
-            .collect();
-        let largest_uid = all.last().map_or(0, |m| m.1);
-        let metas = self.metas_for(&account, &name, &all).await?;
+        let largest_uid = sel.messages.last().map_or(0, |m| m.0);
         let mut ctx = SearchCtx {
             count: count as u32,
             largest_uid,
             body: None,
         };
-        let mut hits = Vec::new();
-        let mut max_modseq = 0;
+        let needs_body = criteria.iter().any(needs_body);
         let uses_modseq = criteria.iter().any(uses_modseq);
-        for (seq, meta) in &metas {
-            ctx.body = None;
-            let mut all_match = true;
-            for key in criteria {
-                if !self
-                    .matches(key, *seq, meta, &account, &name, &mut ctx)
-                    .await?
-                {
-                    all_match = false;
-                    break;
+        let mut hits: Vec<u32> = Vec::new();
+        let mut max_modseq = 0;
+        let mut start = 0;
+        while start < count {
+            let page = self.view_page(start, PAGE);
+            start += page.len().max(1);
+            let metas = self.page_metas(&account, &name, &page).await?;
+            let mut at = 0;
+            while at < metas.len() {
+                let end = if needs_body {
+                    body_batch_end(&metas, at)
+                } else {
+                    metas.len()
+                };
+                let mut bodies = if needs_body {
+                    let uids: Vec<u32> = metas[at..end].iter().map(|(_, m)| m.uid).collect();
+                    self.backend.bodies(&account, &name, &uids).await?
+                } else {
+                    Vec::new()
+                };
+                for (k, (seq, meta)) in metas[at..end].iter().enumerate() {
+                    ctx.body = if needs_body {
+                        Some(bodies.get_mut(k).and_then(Option::take).unwrap_or_default())
+                    } else {
+                        None
+                    };
+                    let mut all_match = true;
+                    for key in criteria {
+                        if !self
+                            .matches(key, *seq, meta, &account, &name, &mut ctx)
+                            .await?
+                        {
+                            all_match = false;
+                            break;
+                        }
+                    }
+                    if all_match {
+                        hits.push(if uid {
+                            meta.uid
+                        } else {
+                            u32::try_from(*seq).unwrap_or(u32::MAX)
+                        });
+                        max_modseq = max_modseq.max(meta.modseq);
+                    }
                 }
-            }
-            if all_match {
-                hits.push(if uid { meta.uid as usize } else { *seq });
-                max_modseq = max_modseq.max(meta.modseq);
+                at = end;
             }
         }
+        ctx.body = None;
         out.extend_from_slice(b"* SEARCH");
         for h in &hits {
             out.extend_from_slice(format!(" {h}").as_bytes());
+            out.spill().await?;
         }
         if uses_modseq && !hits.is_empty() {
             out.extend_from_slice(format!(" (MODSEQ {max_modseq})").as_bytes());
@@ -1274,6 +1760,53 @@ impl<B: Backend> Session<B> {
 
 use std::future::Future;
 
+/// A message of the view: `(sequence number, uid, modseq)`.
+type Target = (usize, u32, u64);
+
+/// What a refresh found changed since the view was last brought up to date.
+#[derive(Debug, Default)]
+struct Delta {
+    /// UIDs of the view that are gone.
+    expunged: HashSet<u32>,
+    /// UIDs of the view whose MODSEQ may have moved.
+    changed: HashSet<u32>,
+    /// Messages that arrived: UID → MODSEQ.
+    new: BTreeMap<u32, u64>,
+}
+
+/// Where a batch of bodies starting at `at` ends: at most [`BODY_BATCH`] messages and
+/// [`BODY_BATCH_BYTES`] octets, and at least one message.
+fn body_batch_end(metas: &[(usize, MessageMeta)], at: usize) -> usize {
+    let mut bytes = 0u64;
+    let mut end = at;
+    while end < metas.len() && end - at < BODY_BATCH {
+        bytes += u64::from(metas[end].1.size);
+        if bytes > BODY_BATCH_BYTES && end > at {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
+/// Whether a search key reads the message's content.
+fn needs_body(key: &SearchKey<'_>) -> bool {
+    match key {
+        SearchKey::Header(..)
+        | SearchKey::Subject(_)
+        | SearchKey::From(_)
+        | SearchKey::To(_)
+        | SearchKey::Cc(_)
+        | SearchKey::Bcc(_)
+        | SearchKey::Body(_)
+        | SearchKey::Text(_) => true,
+        SearchKey::And(keys) => keys.as_ref().iter().any(needs_body),
+        SearchKey::Not(k) => needs_body(k),
+        SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
+        _ => false,
+    }
+}
+
 struct SearchCtx {
     count: u32,
     largest_uid: u32,
@@ -1346,6 +1879,22 @@ fn mailbox_name(m: &Mailbox<'_>) -> Result<String, Fail> {
             Ok(name)
         }
     }
+}
+
+/// The flags a client may store: the system flags and keywords. A `\Flag` that RFC 9051 does
+/// not define (a flag extension) is refused: the server must not later send it back, and
+/// PERMANENTFLAGS does not offer it.
+fn storable_flags(flags: &[Flag<'_>]) -> Result<Vec<String>, Fail> {
+    flags
+        .iter()
+        .map(|f| match f {
+            Flag::Extension(_) => Err(Fail::Bad(format!(
+                "Unknown system flag {}",
+                sanitize(&f.to_string())
+            ))),
+            f => Ok(f.to_string()),
+        })
+        .collect()
 }
 
 fn has_flag(m: &MessageMeta, f: &str) -> bool {
@@ -1810,6 +2359,179 @@ mod tests {
                 .await
                 .contains("* 2 FETCH (BODYSTRUCTURE (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"x-uuencode\" 7 1 NIL NIL NIL NIL))")
         );
+    }
+
+    /// Runs `line` with the responses streamed into `sink` through a buffer of `limit`
+    /// bytes; returns everything written and the most the buffer held.
+    async fn run_streaming(
+        s: &mut Session<MemoryBackend>,
+        line: &str,
+        limit: usize,
+    ) -> (String, usize) {
+        let (_, command) = CommandCodec::default()
+            .decode(line.as_bytes())
+            .expect("parses");
+        let (mut buf, mut sink) = (Vec::new(), Vec::new());
+        let mut responses = Responses::streaming(&mut buf, &mut sink, limit);
+        s.handle_streaming(command, &mut responses).await;
+        let peak = responses.peak();
+        assert!(responses.take_error().is_none());
+        sink.extend_from_slice(&buf);
+        (String::from_utf8_lossy(&sink).into_owned(), peak)
+    }
+
+    #[tokio::test]
+    async fn fetch_and_search_stream_within_the_buffer_limit() {
+        const MESSAGES: usize = 3000;
+        const LIMIT: usize = 16 * 1024;
+        let (backend, mut s) = session(true);
+        run(&mut s, "a LOGIN alice secret\r\n").await;
+        for i in 1..=MESSAGES {
+            let needle = if i % 1000 == 7 { "needle" } else { "hay" };
+            let body =
+                format!("Subject: message {i}\r\nFrom: x@example.org\r\n\r\n{needle} {i}\r\n");
+            backend.deliver("alice", "INBOX", body.as_bytes()).unwrap();
+        }
+        let out = run(&mut s, "b SELECT INBOX\r\n").await;
+        assert!(out.contains(&format!("* {MESSAGES} EXISTS")), "{out}");
+        let (out, peak) = run_streaming(
+            &mut s,
+            "c FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
+            LIMIT,
+        )
+        .await;
+        assert_eq!(out.matches(" FETCH (UID ").count(), MESSAGES);
+        assert!(out.contains("* 2999 FETCH (UID 2999 FLAGS () RFC822.SIZE 56 BODY[HEADER.FIELDS (\"SUBJECT\")] {25}\r\nSubject: message 2999\r\n\r\n)\r\n"), "{}", &out[out.len() - 400..]);
+        assert!(out.ends_with("c OK completed\r\n"));
+        // The buffer never holds more than the limit and one response; the backend is
+        // never asked for more than two pages of metadata at once.
+        assert!(peak > LIMIT && peak < LIMIT + 200, "peak {peak}");
+        assert!(
+            backend.largest_read() <= 2 * PAGE,
+            "{}",
+            backend.largest_read()
+        );
+        // Streamed or buffered, the bytes are the same.
+        let buffered = run(
+            &mut s,
+            "c FETCH 1:* (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
+        )
+        .await;
+        assert_eq!(buffered, out);
+
+        let (out, peak) = run_streaming(&mut s, "d UID SEARCH TEXT needle\r\n", 64).await;
+        assert_eq!(out, "* SEARCH 7 1007 2007\r\nd OK completed\r\n");
+        assert!(peak < 64 + 16, "peak {peak}");
+        let (out, peak) = run_streaming(&mut s, "e SEARCH UNSEEN\r\n", 1024).await;
+        assert_eq!(out.matches(' ').count(), MESSAGES + 1 + 2);
+        assert!(peak < 1024 + 16, "peak {peak}");
+        // A page boundary inside a sparse set and CHANGEDSINCE.
+        let (out, _) = run_streaming(
+            &mut s,
+            "f FETCH 1,1000,1001,3000 (UID) (CHANGEDSINCE 1000)\r\n",
+            LIMIT,
+        )
+        .await;
+        assert_eq!(
+            out,
+            "* 1000 FETCH (UID 1000 MODSEQ (1001))\r\n* 1001 FETCH (UID 1001 MODSEQ (1002))\r\n\
+             * 3000 FETCH (UID 3000 MODSEQ (3001))\r\nf OK completed\r\n"
+        );
+        assert!(
+            backend.largest_read() <= 2 * PAGE,
+            "{}",
+            backend.largest_read()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_abandons_the_command() {
+        struct Broken;
+        impl tokio::io::AsyncWrite for Broken {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                _: &[u8],
+            ) -> std::task::Poll<io::Result<usize>> {
+                std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let (backend, mut s) = session(true);
+        run(&mut s, "a LOGIN alice secret\r\n").await;
+        for _ in 0..50 {
+            backend
+                .deliver("alice", "INBOX", b"Subject: x\r\n\r\nx\r\n")
+                .unwrap();
+        }
+        run(&mut s, "b SELECT INBOX\r\n").await;
+        let (_, command) = CommandCodec::default()
+            .decode(b"c FETCH 1:* RFC822\r\n".as_slice())
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut broken = Broken;
+        let mut responses = Responses::streaming(&mut buf, &mut broken, 100);
+        assert_eq!(
+            s.handle_streaming(command, &mut responses).await,
+            Outcome::Logout
+        );
+        assert_eq!(
+            responses.take_error().map(|e| e.kind()),
+            Some(io::ErrorKind::BrokenPipe)
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_reports_expunges_arrivals_and_flag_changes_from_the_feed() {
+        let (backend, mut s) = session(true);
+        let account = Account {
+            name: "alice".into(),
+        };
+        run(&mut s, "a LOGIN alice secret\r\n").await;
+        for _ in 0..4 {
+            backend
+                .deliver("alice", "INBOX", b"Subject: x\r\n\r\nx\r\n")
+                .unwrap();
+        }
+        run(&mut s, "b SELECT INBOX\r\n").await;
+        assert_eq!(run(&mut s, "c NOOP\r\n").await, "c OK completed\r\n");
+        // Another session: flags on 3, expunges 1 and 4, delivers two (one then expunged).
+        let flag = ["\\Seen".to_string()];
+        backend
+            .store(&account, "INBOX", &[3], FlagOp::Add, &flag, None)
+            .await
+            .unwrap();
+        backend.expunge(&account, "INBOX", &[1, 4]).await.unwrap();
+        backend
+            .deliver("alice", "INBOX", b"Subject: y\r\n\r\ny\r\n")
+            .unwrap();
+        backend
+            .deliver("alice", "INBOX", b"Subject: z\r\n\r\nz\r\n")
+            .unwrap();
+        backend.expunge(&account, "INBOX", &[6]).await.unwrap();
+        assert_eq!(
+            run(&mut s, "d NOOP\r\n").await,
+            "* 4 EXPUNGE\r\n* 1 EXPUNGE\r\n* 3 EXISTS\r\n* 2 FETCH (UID 3 FLAGS (\\Seen))\r\nd OK completed\r\n"
+        );
+        assert_eq!(run(&mut s, "e NOOP\r\n").await, "e OK completed\r\n");
+        assert_eq!(
+            run(&mut s, "f FETCH 1:* UID\r\n").await,
+            "* 1 FETCH (UID 2)\r\n* 2 FETCH (UID 3)\r\n* 3 FETCH (UID 5)\r\nf OK completed\r\n"
+        );
+        // The session's own STORE is not reported again.
+        run(&mut s, "g STORE 1 +FLAGS (\\Flagged)\r\n").await;
+        assert_eq!(run(&mut s, "h NOOP\r\n").await, "h OK completed\r\n");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::MailError;
+use crate::queue::{QueuedMessage, RecipientOutcome};
 
 /// One change to a shard's mail state. Everything apply needs is in it: apply reads no clock,
 /// no randomness and nothing outside the shard's state.
@@ -143,6 +144,45 @@ pub enum Command {
         to: String,
         uids: UidSet,
     },
+    /// Queues a message for remote recipients in the sender's shard (see [`crate::queue`]).
+    /// `account` is the submitting local account; `sender` the envelope sender (empty for
+    /// `<>`). The body is stored once; a command with an idempotency key already seen queues
+    /// nothing and returns the first response again.
+    Enqueue {
+        idempotency_key: Vec<u8>,
+        sender: String,
+        account: String,
+        recipients: Vec<String>,
+        #[serde(with = "crate::bytes")]
+        body: Vec<u8>,
+        expires_at: i64,
+        now: i64,
+    },
+    /// Node `node` claims queued message `id` for `lease_ms` from `now`: granted when the
+    /// message is unclaimed or its claim's lease ended by `now`. The reply carries the
+    /// message with the new claim and its token.
+    ClaimOutbound {
+        id: u64,
+        node: u64,
+        lease_ms: u64,
+        now: i64,
+    },
+    /// The holder of `token` records recipients' outcomes (by index into the message's
+    /// recipients; final ones stay final) and when to try the pending ones again; with
+    /// `release` it gives up its claim.
+    RecordOutbound {
+        id: u64,
+        token: u64,
+        outcomes: Vec<(u32, RecipientOutcome)>,
+        next_attempt: i64,
+        release: bool,
+        now: i64,
+    },
+    /// The holder of `token` removes a message whose recipients are all final.
+    RemoveOutbound {
+        id: u64,
+        token: u64,
+    },
 }
 
 impl Command {
@@ -186,6 +226,10 @@ impl Command {
             Command::Expunge { .. } => "expunge",
             Command::Copy { .. } => "copy",
             Command::Move { .. } => "move",
+            Command::Enqueue { .. } => "enqueue",
+            Command::ClaimOutbound { .. } => "claim_outbound",
+            Command::RecordOutbound { .. } => "record_outbound",
+            Command::RemoveOutbound { .. } => "remove_outbound",
         }
     }
 }
@@ -400,6 +444,13 @@ pub enum Reply {
         uidvalidity: u32,
         mapping: Vec<(u32, u32)>,
     },
+    /// Enqueue: the queued message's id.
+    Queued {
+        id: u64,
+    },
+    /// ClaimOutbound, RecordOutbound: the message as it is now (for a claim, with the
+    /// claim's token).
+    Outbound(QueuedMessage),
 }
 
 /// Where one recipient's copy of a delivery went.

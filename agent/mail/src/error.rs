@@ -56,6 +56,14 @@ pub enum MailError {
     },
     #[error("mailbox {0:?} has used every UID; it must be recreated")]
     UidsExhausted(String),
+    #[error("no queued message {0}")]
+    NoSuchQueuedMessage(u64),
+    #[error("queued message is being delivered by node {node} until {until}")]
+    ClaimHeld { node: u64, until: i64 },
+    #[error("the claim on queued message {0} is not this one's (it ended or was taken over)")]
+    NotClaimHolder(u64),
+    #[error("queued message {0} still has recipients to deliver to")]
+    RecipientsPending(u64),
 }
 
 impl MailError {
@@ -82,6 +90,10 @@ impl MailError {
             MailError::SpecialUseInUse { .. } => "special_use_in_use",
             MailError::QuotaExceeded { .. } => "quota_exceeded",
             MailError::UidsExhausted(_) => "uids_exhausted",
+            MailError::NoSuchQueuedMessage(_) => "no_such_queued_message",
+            MailError::ClaimHeld { .. } => "claim_held",
+            MailError::NotClaimHolder(_) => "not_claim_holder",
+            MailError::RecipientsPending(_) => "recipients_pending",
         }
     }
 }

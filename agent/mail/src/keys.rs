@@ -20,6 +20,9 @@
 //! | `mail_blobref` | SHA-256 of the body                       | reference count (u64 BE) |
 //! | `mail_idem`    | `K` ‖ idempotency key                     | recorded response        |
 //! |                | `T` ‖ recorded at (u64 millis) ‖ key      | empty (expiry index)     |
+//! | `mail_queue`   | `C`                                       | last queued id (u64 BE)  |
+//! |                | `M` ‖ queued id (u64)                     | queued message           |
+//! |                | `W` ‖ due at (u64 millis) ‖ queued id     | empty (due index)        |
 //!
 //! Why this shape:
 //! - Accounts and aliases are keyed domain first, so a domain's accounts are one range scan
@@ -37,6 +40,9 @@
 //!   that points at them; the body is deleted when the count reaches zero.
 //! - Idempotency records expire after [`crate::IDEMPOTENCY_TTL_MS`]; the `T` index lets each
 //!   delivery delete a few expired ones, deterministically, by the proposer's clock.
+//! - The outbound queue's `W` index orders messages by when they are next due (the next
+//!   attempt, or the end of the current claim's lease), so listing due messages is one range
+//!   scan up to now.
 
 use std::ops::Bound;
 
@@ -52,9 +58,11 @@ pub const BLOB: &str = "mail_blob";
 pub const BLOBREF: &str = "mail_blobref";
 /// Responses of deliveries by idempotency key, and their expiry index.
 pub const IDEM: &str = "mail_idem";
+/// The outbound queue: queued messages and their due index.
+pub const QUEUE: &str = "mail_queue";
 
 /// Every keyspace the mail model writes, for the Raft layer (snapshots, shard removal).
-pub const KEYSPACES: &[&str] = &[DIR, MSG, MODSEQ, BLOB, BLOBREF, IDEM];
+pub const KEYSPACES: &[&str] = &[DIR, MSG, MODSEQ, BLOB, BLOBREF, IDEM, QUEUE];
 
 pub(crate) const TAG_COUNTERS: u8 = b'C';
 pub(crate) const TAG_DOMAIN: u8 = b'D';
@@ -65,6 +73,9 @@ pub(crate) const TAG_MAILBOX: u8 = b'X';
 pub(crate) const TAG_SUBSCRIPTION: u8 = b'S';
 pub(crate) const TAG_IDEM_KEY: u8 = b'K';
 pub(crate) const TAG_IDEM_TIME: u8 = b'T';
+pub(crate) const TAG_QUEUE_COUNTER: u8 = b'C';
+pub(crate) const TAG_QUEUED: u8 = b'M';
+pub(crate) const TAG_QUEUE_DUE: u8 = b'W';
 
 /// The first bytes of every key of `shard`.
 pub fn shard_prefix(shard: u32) -> [u8; 4] {
@@ -195,6 +206,33 @@ pub(crate) fn idem_time(shard: u32, at: u64, idempotency_key: &[u8]) -> Vec<u8> 
     key.extend_from_slice(&at.to_be_bytes());
     key.extend_from_slice(idempotency_key);
     key
+}
+
+pub(crate) fn queue_counter(shard: u32) -> Vec<u8> {
+    tagged(shard, TAG_QUEUE_COUNTER, 0)
+}
+
+pub(crate) fn queued(shard: u32, id: u64) -> Vec<u8> {
+    let mut key = tagged(shard, TAG_QUEUED, 8);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub(crate) fn queue_due_all(shard: u32) -> Vec<u8> {
+    tagged(shard, TAG_QUEUE_DUE, 0)
+}
+
+pub(crate) fn queue_due(shard: u32, at: u64, id: u64) -> Vec<u8> {
+    let mut key = tagged(shard, TAG_QUEUE_DUE, 16);
+    key.extend_from_slice(&at.to_be_bytes());
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// The queued id at the end of a `W` key.
+pub(crate) fn queued_id_of_due_key(key: &[u8]) -> Option<u64> {
+    let tail = key.get(key.len().checked_sub(8)?..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
 }
 
 /// The smallest key greater than every key that starts with `prefix`; `None` when there is

@@ -26,6 +26,7 @@ mod error;
 pub mod keys;
 mod names;
 mod password;
+pub mod queue;
 mod read;
 mod records;
 mod source;
@@ -39,6 +40,7 @@ pub use error::MailError;
 pub use keys::KEYSPACES;
 pub use names::{HIERARCHY_DELIMITER, INBOX, normalize_address, normalize_mailbox_name};
 pub use password::{hash_password, verify_password};
+pub use queue::{Claim, QueuedMessage, QueuedRecipient, RecipientOutcome, RecipientState};
 pub use read::{Change, ChangeCursor, ChangePage, MailReader, MessagePage};
 pub use records::{Account, Alias, BlobHash, Domain, Mailbox, Message};
 

@@ -10,6 +10,7 @@ use tern_store::{Engine, StoreError};
 
 use crate::keys::{self, TAG_ACCOUNT};
 use crate::names::{normalize_address, normalize_domain, normalize_mailbox_name};
+use crate::queue::QueuedMessage;
 use crate::records::{self, Account, Alias, BlobHash, Domain, Mailbox, Message};
 use crate::source::{self, Committed, Source};
 
@@ -49,6 +50,19 @@ pub struct ChangePage {
 pub struct ChangeCursor {
     modseq: u64,
     uid: u32,
+}
+
+impl ChangeCursor {
+    /// The position of the change of `uid` at `modseq`; [`MailReader::changes_after`] it
+    /// continues with the next one. `(m, u32::MAX)` is after every change at MODSEQ `m`.
+    pub fn new(modseq: u64, uid: u32) -> Self {
+        Self { modseq, uid }
+    }
+
+    /// `(modseq, uid)`.
+    pub fn position(&self) -> (u64, u32) {
+        (self.modseq, self.uid)
+    }
 }
 
 impl<'a> MailReader<'a> {
@@ -256,6 +270,62 @@ impl<'a> MailReader<'a> {
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError> {
         self.src
             .get(keys::BLOB, &keys::blob(self.src.shard, &hash.0))
+    }
+
+    /// A message of the outbound queue.
+    pub fn queued(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        self.src
+            .load(keys::QUEUE, &keys::queued(self.src.shard, id))
+    }
+
+    /// Queued messages due at `now` (their next attempt has come and nobody holds a live
+    /// claim on them), most overdue first, at most `limit`.
+    pub fn due_outbound(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let shard = self.src.shard;
+        let start = keys::queue_due_all(shard);
+        let end = keys::queue_due(shard, crate::apply::clock(now).saturating_add(1), 0);
+        let mut out = Vec::new();
+        for (key, _) in self.src.scan(
+            keys::QUEUE,
+            Bound::Included(&start),
+            Bound::Excluded(&end),
+            limit,
+        )? {
+            let id = keys::queued_id_of_due_key(&key).ok_or_else(|| {
+                StoreError::Corrupt(format!("queue due key {key:02x?} is too short"))
+            })?;
+            if let Some(message) = self.queued(id)?
+                && message.claimable(now)
+            {
+                out.push(message);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every queued message by id, after `after`, at most `limit`.
+    pub fn queued_messages(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let shard = self.src.shard;
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let start = keys::queued(shard, first);
+        let end =
+            keys::prefix_upper(&[&keys::shard_prefix(shard)[..], &[keys::TAG_QUEUED]].concat());
+        self.src
+            .scan(
+                keys::QUEUE,
+                Bound::Included(&start),
+                source::as_ref(&end),
+                limit,
+            )?
+            .iter()
+            .map(|(k, v)| records::decode(keys::QUEUE, k, v))
+            .collect()
     }
 
     /// How many messages refer to the body `hash`.

@@ -1,12 +1,12 @@
 //! Replicated write throughput and latency: three in-process replicas of three shards, each
-//! replica on its own redb files in a temporary directory, connected by `testing::Router`.
+//! replica on its own engine files in a temporary directory, connected by `testing::Router`.
 //!
 //! `cargo bench -p tern-raft` prints one row per storage layout and client count. Every write
 //! is a `KvApp` put of a 4 KiB value, acknowledged once a majority has it on disk and the
 //! leader has applied it. Each shard is led by a different node, as a running cluster spreads
 //! them. `TERN_BENCH_SECS` sets the measured seconds per row (default 3);
 //! `TERN_BENCH_CLIENTS` a comma-separated list of client counts (default `1,16,256`);
-//! arguments `one-engine` / `two-engines` pick the layouts (default both).
+//! arguments `one-engine` / `two-engines` / `log-engine` pick the layouts (default all three).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +31,8 @@ enum Layout {
     OneEngine,
     /// `Storage::with_engines`: the log on one redb file, the state on another.
     TwoEngines,
+    /// The agent's layout: the log on the log engine, the state on redb.
+    LogEngine,
 }
 
 impl Layout {
@@ -38,16 +40,24 @@ impl Layout {
         match self {
             Layout::OneEngine => "one-engine",
             Layout::TwoEngines => "two-engines",
+            Layout::LogEngine => "log-engine",
         }
     }
 
     fn storage(self, dir: &TempDir) -> Storage {
-        let open = |name: &str| {
-            tern_store::open(EngineKind::Redb, &dir.path().join(name)).expect("open redb")
+        let open = |kind: EngineKind, name: &str| {
+            tern_store::open(kind, &dir.path().join(name)).expect("open the engine")
         };
         match self {
-            Layout::OneEngine => Storage::new(open("store")),
-            Layout::TwoEngines => Storage::with_engines(open("log"), open("state")),
+            Layout::OneEngine => Storage::new(open(EngineKind::Redb, "store")),
+            Layout::TwoEngines => Storage::with_engines(
+                open(EngineKind::Redb, "log"),
+                open(EngineKind::Redb, "state"),
+            ),
+            Layout::LogEngine => Storage::with_engines(
+                open(EngineKind::Log, "log"),
+                open(EngineKind::Redb, "state"),
+            ),
         }
     }
 }
@@ -241,11 +251,12 @@ fn main() {
         .filter_map(|arg| match arg.as_str() {
             "one-engine" => Some(Layout::OneEngine),
             "two-engines" => Some(Layout::TwoEngines),
+            "log-engine" => Some(Layout::LogEngine),
             _ => None,
         })
         .collect();
     if layouts.is_empty() {
-        layouts = vec![Layout::OneEngine, Layout::TwoEngines];
+        layouts = vec![Layout::OneEngine, Layout::TwoEngines, Layout::LogEngine];
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

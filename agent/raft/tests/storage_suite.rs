@@ -1,5 +1,6 @@
-//! openraft's own storage test suite, on both engines, with logs and state on one engine
-//! (`Storage::new`) and on two (`Storage::with_engines`).
+//! openraft's own storage test suite, on every engine, with logs and state on one engine
+//! (`Storage::new`) and on two (`Storage::with_engines`), including the agent's layout: the
+//! logs on the log engine, the state on redb.
 //!
 //! Every case gets fresh engines in a temporary directory whose neighbouring shards already
 //! hold a log, a vote and applied state: the suite expects an empty store, so it also proves
@@ -20,18 +21,23 @@ const SHARD: u32 = 7;
 struct Builder {
     kind: EngineKind,
     two_engines: bool,
+    /// With two engines, the logs' engine when it differs from `kind`.
+    log_kind: Option<EngineKind>,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine<KvApp>, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine<KvApp>), StorageError> {
         let dir = TempDir::new(&format!("suite-{}-{}", self.kind, self.two_engines));
-        let open = |name: &str| {
-            tern_store::open(self.kind, &dir.path().join(name)).expect("open the engine")
+        let open = |kind: EngineKind, name: &str| {
+            tern_store::open(kind, &dir.path().join(name)).expect("open the engine")
         };
         let storage = if self.two_engines {
-            Storage::with_engines(open("log"), open("state"))
+            Storage::with_engines(
+                open(self.log_kind.unwrap_or(self.kind), "log"),
+                open(self.kind, "state"),
+            )
         } else {
-            Storage::new(open("store"))
+            Storage::new(open(self.kind, "store"))
         };
         for neighbour in [SHARD - 1, SHARD + 1] {
             fill(&storage, neighbour).await?;
@@ -60,7 +66,12 @@ async fn fill(storage: &Storage, shard: u32) -> Result<(), StorageError> {
 }
 
 fn suite(kind: EngineKind, two_engines: bool) {
-    Suite::test_all(Builder { kind, two_engines }).unwrap();
+    Suite::test_all(Builder {
+        kind,
+        two_engines,
+        log_kind: None,
+    })
+    .unwrap();
 }
 
 #[test]
@@ -81,4 +92,19 @@ fn suite_on_redb_with_two_engines() {
 #[test]
 fn suite_on_sled_with_two_engines() {
     suite(EngineKind::Sled, true);
+}
+
+#[test]
+fn suite_on_log() {
+    suite(EngineKind::Log, false);
+}
+
+#[test]
+fn suite_on_log_engine_for_logs_and_redb_for_state() {
+    Suite::test_all(Builder {
+        kind: EngineKind::Redb,
+        two_engines: true,
+        log_kind: Some(EngineKind::Log),
+    })
+    .unwrap();
 }

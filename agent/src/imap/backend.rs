@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
+use tern_imap::backend::{ChangePage, MessageChange};
 use tern_imap::{
     Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
     MessageMeta, SpecialUse, StoreOutcome,
 };
-use tern_mail::{Command, Flag, MailError, MailReader, Message, Reply, StoreOp, UidSet};
+use tern_mail::{
+    ChangeCursor, Command, Flag, MailError, MailReader, Message, Reply, StoreOp, UidSet,
+};
 use tern_raft::ShardId;
 use tern_store::StoreError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::changes::Changes;
-use crate::mailstore::{Unavailable, retrying, unix_ms, verify};
+use crate::mailstore::{Barriers, Unavailable, retrying, unix_ms, verify};
 use crate::shards::ShardHost;
 
 /// Messages read from the store per page while listing a mailbox.
@@ -51,6 +54,8 @@ pub struct StoreBackend {
     host: Arc<ShardHost>,
     options: ImapOptions,
     changes: Changes,
+    /// Read barriers shared by the sessions reading one shard at the same time.
+    barriers: Barriers,
 }
 
 impl StoreBackend {
@@ -60,6 +65,7 @@ impl StoreBackend {
             host,
             options,
             changes,
+            barriers: Barriers::default(),
         }
     }
 
@@ -72,16 +78,19 @@ impl StoreBackend {
         Instant::now() + self.options.deadline
     }
 
-    /// Runs `f` on the account's shard's committed state, after a read barrier.
+    /// Runs `f` on the account's shard's committed state, after a read barrier that started
+    /// after this call (shared with the reads of the shard waiting at the same time).
     async fn read<T: Send + 'static>(
         &self,
         account: &Account,
         f: impl FnOnce(&MailReader<'_>, &str) -> Result<T, ReadError> + Send + 'static,
     ) -> BackendResult<T> {
         let shard = shard_of(&self.host, &account.name)?;
-        retrying(self.deadline(), || self.host.read_barrier(shard))
-            .await
-            .map_err(unavailable)?;
+        retrying(self.deadline(), || {
+            self.barriers.pass(shard, || self.host.read_barrier(shard))
+        })
+        .await
+        .map_err(unavailable)?;
         let engine = self.host.engine().clone();
         let address = account.name.clone();
         tokio::task::spawn_blocking(move || f(&MailReader::new(engine.as_ref(), shard), &address))
@@ -303,7 +312,7 @@ fn idempotency_key() -> BackendResult<Vec<u8>> {
 impl Backend for StoreBackend {
     async fn authenticate(&self, user: &str, password: &str) -> AuthVerdict {
         let Ok(address) = tern_mail::normalize_address(user.trim()) else {
-            verify(None, password.to_owned()).await;
+            verify(None, password).await;
             return AuthVerdict::Invalid;
         };
         let Ok(shard) = shard_of(&self.host, &address) else {
@@ -316,9 +325,8 @@ impl Backend for StoreBackend {
                 return AuthVerdict::TempFail;
             }
         };
-        let hash = account.as_ref().map(|a| a.password_hash.clone());
-        match (account, verify(hash, password.to_owned()).await) {
-            (Some(account), true) => AuthVerdict::Ok(Account {
+        match (verify(account.as_ref(), password).await, account) {
+            (true, Some(account)) => AuthVerdict::Ok(Account {
                 name: account.address,
             }),
             _ => AuthVerdict::Invalid,
@@ -453,6 +461,73 @@ impl Backend for StoreBackend {
                 ))
             }
         }
+    }
+
+    async fn bodies(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        uids: &[u32],
+    ) -> BackendResult<Vec<Option<Vec<u8>>>> {
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One read barrier for the batch, not one per message.
+        let (mailbox, wanted) = (mailbox.to_owned(), uids.to_vec());
+        let bodies = self
+            .read(account, move |r, address| {
+                let m = r.mailbox(address, &mailbox)?.ok_or(ReadError::NoMailbox)?;
+                let mut bodies = Vec::with_capacity(wanted.len());
+                for uid in wanted {
+                    bodies.push(match r.message(m.id, uid)? {
+                        None => None,
+                        Some(message) => Some(r.blob(&message.blob)?.ok_or(message.blob)),
+                    });
+                }
+                Ok(bodies)
+            })
+            .await?;
+        bodies
+            .into_iter()
+            .zip(uids)
+            .map(|(body, uid)| match body {
+                None => Ok(None),
+                Some(Ok(body)) => Ok(Some(body)),
+                Some(Err(hash)) => {
+                    tracing::error!(%hash, uid, "a message's body is missing from the store");
+                    Err(BackendError::Unavailable(
+                        "the message body cannot be read".into(),
+                    ))
+                }
+            })
+            .collect()
+    }
+
+    async fn changes_after(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        after: (u64, u32),
+        limit: usize,
+    ) -> BackendResult<Option<ChangePage>> {
+        let mailbox = mailbox.to_owned();
+        self.read(account, move |r, address| {
+            let m = r.mailbox(address, &mailbox)?.ok_or(ReadError::NoMailbox)?;
+            let page = r.changes_after(m.id, ChangeCursor::new(after.0, after.1), limit)?;
+            Ok(Some(ChangePage {
+                changes: page
+                    .changes
+                    .iter()
+                    .map(|c| MessageChange {
+                        uid: c.uid,
+                        modseq: c.modseq,
+                        expunged: c.expunged,
+                    })
+                    .collect(),
+                next: page.next.map(|c| c.position()),
+            }))
+        })
+        .await
     }
 
     async fn append(

@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::StoreBackend;
+use super::RoutingBackend;
+use super::proxy::RelayTarget;
+use crate::rpc::Handover;
 use crate::smtp::listeners::configured;
 
 /// Each IMAP listener: whether TLS starts with the first byte (the kind), its name in the
@@ -77,15 +79,35 @@ pub struct ImapListeners {
 impl ImapListeners {
     /// Binds every planned listener (failing, naming the address, when one cannot be bound)
     /// and serves each in its own task, with one [`Throttle`] for both, so that a client's
-    /// connections and failed logins count together on 143 and 993.
+    /// connections and failed logins count together on 143 and 993. With `handover` (and a
+    /// backend that relays), the sessions other nodes relay here are served too (see
+    /// [`super::proxy`]): the RPC server hands them over through it.
     pub async fn start(
         plans: &[ImapPlan],
         hostname: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
-        backend: Arc<StoreBackend>,
+        backend: Arc<RoutingBackend>,
+        handover: Option<&Handover>,
     ) -> Result<ImapListeners, String> {
         let limits = Limits::default();
         let throttle = Throttle::new(limits.clone());
+        if let (Some(handover), Some(relay)) = (handover, backend.relaying()) {
+            // No listener of its own: the connection arrives through the RPC server, and the
+            // client's TLS (or not) was the relaying node's listener's.
+            let config = ListenerConfig {
+                hostname: hostname.to_owned(),
+                tls: None,
+                implicit_tls: false,
+                proxy_protocol: false,
+                limits: limits.clone(),
+            };
+            let server = Server::with_throttle(config, backend.clone(), throttle.clone())
+                .map_err(|e| format!("relayed IMAP sessions: {e}"))?;
+            let target = RelayTarget::new(server, relay.host().clone(), relay.stats().clone());
+            if handover.set(Arc::new(target)).is_err() {
+                return Err("relayed IMAP sessions are served already".into());
+            }
+        }
         let mut bound = Vec::new();
         for plan in plans {
             if plan.implicit_tls && tls.is_none() {

@@ -7,6 +7,8 @@
 //! - [`changes`]: the per-account change counter IDLE waits on, fed by this node's own
 //!   writes and by a poller that notices writes made through other nodes.
 //! - [`listeners`]: which IMAP listeners a node runs, and starting and stopping them.
+//! - [`proxy`]: sessions of accounts whose shard this node holds no replica of, relayed to
+//!   a node that holds one.
 //!
 //! # Reads and writes
 //!
@@ -29,16 +31,20 @@
 //! # Where a session is served
 //!
 //! Only a node that holds a replica of the account's shard serves its mailboxes (every node
-//! of a three-node cluster holds every shard). Elsewhere, login succeeds (the password check
-//! is a query to the shard's replicas) and every mailbox command answers `NO [UNAVAILABLE]`:
-//! relaying the session to a node that holds the shard is not built yet.
+//! of a three-node cluster holds every shard). Any node takes the login (the password check
+//! is a query to the shard's replicas); a node without a replica then relays the session to
+//! one that holds it, live ones first, transparently to the client ([`proxy`]). If that node
+//! is lost mid-session, the client gets `* BYE [UNAVAILABLE]` and reconnects; its next
+//! session goes to another live replica.
 
 pub mod backend;
 pub mod changes;
 pub mod listeners;
+pub mod proxy;
 
 pub use backend::{ImapOptions, StoreBackend};
 pub use listeners::{ImapListeners, ImapPlan};
+pub use proxy::{ImapStats, Relay, RoutingBackend};
 
 #[cfg(test)]
 mod tests;

@@ -33,7 +33,8 @@ use super::wire::{
 /// use at once; keeping them spares a TLS handshake per request (the peer closes idle ones).
 const IDLE_PER_PEER: usize = 64;
 
-type Stream = TlsStream<TcpStream>;
+/// A connection to a peer's RPC server.
+pub type Stream = TlsStream<TcpStream>;
 type Pool = Arc<Mutex<BTreeMap<String, Vec<(Stream, Instant)>>>>;
 
 /// An idle connection older than this is not reused: the server closes connections idle for
@@ -304,6 +305,58 @@ impl Connection {
                 )))
             }
         }
+    }
+}
+
+/// Opens a connection to the peer at `rpc_addr` for an IMAP session of `hello`'s account on
+/// `shard` ([`RpcKind::ImapSession`]): connects, asks, and returns the connection once the
+/// peer has accepted, all within `timeout`. From then on it carries the session's bytes.
+pub async fn open_imap_session(
+    tls: &Arc<ClientConfig>,
+    rpc_addr: &str,
+    shard: ShardId,
+    hello: super::wire::ImapHello,
+    timeout: Duration,
+) -> Result<Stream, CallError> {
+    let body = encode(&RpcRequest {
+        shard,
+        kind: RpcKind::ImapSession(hello),
+    })
+    .map_err(CallError::Network)?;
+    let deadline = Instant::now() + timeout;
+    let connect = async {
+        let name = server_name(rpc_addr)?;
+        let tcp = TcpStream::connect(rpc_addr).await?;
+        tcp.set_nodelay(true)?;
+        TlsConnector::from(tls.clone()).connect(name, tcp).await
+    };
+    let mut stream = tokio::time::timeout_at(deadline, connect)
+        .await
+        .map_err(|_| {
+            CallError::Unreachable(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {rpc_addr} timed out"),
+            ))
+        })?
+        .map_err(CallError::Unreachable)?;
+    let exchange = async {
+        write_frame(&mut stream, &body).await?;
+        read_frame(&mut stream).await
+    };
+    let frame = match tokio::time::timeout_at(deadline, exchange).await {
+        Err(_) => return Err(CallError::Timeout(timeout)),
+        Ok(Err(error)) if is_tls_refusal(&error) => return Err(CallError::Unreachable(error)),
+        Ok(Err(error)) => return Err(CallError::Network(error)),
+        Ok(Ok(frame)) => frame,
+    };
+    let refused = |why: String| CallError::Unreachable(io::Error::other(why));
+    match decode(&frame).map_err(CallError::Network)? {
+        RpcResponse::ImapSession(Ok(())) => Ok(stream),
+        RpcResponse::ImapSession(Err(why)) => Err(refused(format!("{rpc_addr} refused: {why:?}"))),
+        other => Err(CallError::Network(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer from {rpc_addr}: {other:?}"),
+        ))),
     }
 }
 

@@ -13,16 +13,22 @@
 //! running the shard) is `RPCError::Unreachable`, so openraft backs off; a request that does
 //! not finish within the option's `hard_ttl` is `RPCError::Timeout`; an append too large for one
 //! frame is `RPCError::PayloadTooLarge`, so openraft sends fewer entries.
+//!
+//! One request changes what a connection carries: [`RpcKind::ImapSession`], sent first on a
+//! connection of its own ([`open_imap_session`]). When the peer accepts, the connection
+//! becomes a byte pipe into an IMAP session there ([`SessionHandover`], see
+//! `crate::imap::proxy`); it is never given back to the pool. The same mutual TLS admits it:
+//! only cluster members can open one.
 
 mod client;
 mod server;
 mod tls;
 mod wire;
 
-pub use client::{CallError, Connection, Network};
+pub use client::{CallError, Connection, Network, Stream, open_imap_session};
 pub use server::{
-    RefusalSource, RpcStats, ShardService, Shards, refusal, serve, serve_service, serve_with_stats,
-    shard_status,
+    Handover, RefusalSource, RpcStats, SessionHandover, ShardService, Shards, refusal, serve,
+    serve_service, serve_with_handover, serve_with_stats, shard_status,
 };
 pub use tls::{TlsConfig, TlsError};
-pub use wire::{MAX_FRAME, Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus};
+pub use wire::{ImapHello, MAX_FRAME, Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus};

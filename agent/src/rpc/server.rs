@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use std::future::Future;
@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::wire::{
-    Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus, decode, encode, read_frame, write_frame,
+    ImapHello, Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus, decode, encode, read_frame,
+    write_frame,
 };
 
 /// How long a peer has to complete the TLS handshake after connecting.
@@ -158,6 +159,25 @@ pub fn shard_status(raft: &ShardRaft, abstaining: bool) -> ShardStatus {
     }
 }
 
+/// Who takes over connections that ask for an IMAP session ([`RpcKind::ImapSession`]).
+pub trait SessionHandover: Send + Sync + 'static {
+    /// Whether this node takes a session for `hello` on `shard` (it serves IMAP and holds a
+    /// replica of the shard, which is the account's); the reason for a refusal otherwise.
+    fn accept(&self, shard: ShardId, hello: &ImapHello) -> Result<(), String>;
+
+    /// Runs the accepted session on `stream` until it ends; `peer` is the relaying node.
+    fn serve(
+        &self,
+        stream: Box<dyn tern_imap::RelayStream>,
+        hello: ImapHello,
+        peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// Where the IMAP listeners register their [`SessionHandover`] once they run; until then
+/// (and on nodes without IMAP) session requests are refused.
+pub type Handover = Arc<OnceLock<Arc<dyn SessionHandover>>>;
+
 /// Serves RPC on `listener` until the task is dropped (aborted).
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, shards: Shards) {
     serve_with_stats(listener, tls, shards, Arc::default()).await
@@ -180,6 +200,17 @@ pub async fn serve_service(
     shards: Arc<dyn ShardService>,
     stats: Arc<RpcStats>,
 ) {
+    serve_with_handover(listener, tls, shards, stats, Handover::default()).await
+}
+
+/// As [`serve_service`], handing connections that ask for an IMAP session to `handover`.
+pub async fn serve_with_handover(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    shards: Arc<dyn ShardService>,
+    stats: Arc<RpcStats>,
+    handover: Handover,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -196,6 +227,7 @@ pub async fn serve_service(
         let acceptor = acceptor.clone();
         let shards = shards.clone();
         let stats = stats.clone();
+        let handover = handover.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -210,19 +242,32 @@ pub async fn serve_service(
                     return;
                 }
             };
-            connection(stream, peer, &shards, &stats, IDLE_TIMEOUT).await;
+            let ends = Ends {
+                shards: &shards,
+                handover: &handover,
+            };
+            connection(stream, peer, ends, &stats, IDLE_TIMEOUT).await;
         });
     }
 }
 
-/// Answers one peer's requests, one after another, until it closes or sends garbage.
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+/// What a connection's requests are served by.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    shards: &'a Arc<dyn ShardService>,
+    handover: &'a Handover,
+}
+
+/// Answers one peer's requests, one after another, until it closes or sends garbage, or
+/// hands the connection over to an IMAP session.
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut stream: S,
     peer: SocketAddr,
-    shards: &Arc<dyn ShardService>,
+    ends: Ends<'_>,
     stats: &RpcStats,
     idle_timeout: Duration,
 ) {
+    let shards = ends.shards;
     loop {
         let frame = match tokio::time::timeout(idle_timeout, read_frame(&mut stream)).await {
             Ok(frame) => frame,
@@ -242,6 +287,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             // The peer closed (between frames or not) or the connection broke.
             Err(_) => return,
         };
+        let request = match request {
+            RpcRequest {
+                shard,
+                kind: RpcKind::ImapSession(hello),
+            } => {
+                let Some(handover) = ends.handover.get() else {
+                    let refused = Refused::Unavailable("this node serves no IMAP".into());
+                    answer(&mut stream, peer, RpcResponse::ImapSession(Err(refused))).await;
+                    return;
+                };
+                if let Err(why) = handover.accept(shard, &hello) {
+                    tracing::info!(%peer, shard, why, "rpc: IMAP session refused");
+                    let refused = Refused::Unavailable(why);
+                    answer(&mut stream, peer, RpcResponse::ImapSession(Err(refused))).await;
+                    return;
+                }
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                if answer(&mut stream, peer, RpcResponse::ImapSession(Ok(()))).await {
+                    handover.serve(Box::new(stream), hello, peer).await;
+                }
+                return;
+            }
+            request => request,
+        };
         let response = dispatch(shards, stats, request).await;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let sent = match encode(&response) {
@@ -253,6 +322,22 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
+}
+
+/// Sends one answer; whether it went out.
+async fn answer<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    peer: SocketAddr,
+    response: RpcResponse,
+) -> bool {
+    let sent = match encode(&response) {
+        Ok(body) => write_frame(stream, &body).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = &sent {
+        tracing::debug!(%peer, %error, "rpc: cannot answer, closing the connection");
+    }
+    sent.is_ok()
 }
 
 async fn dispatch(
@@ -297,9 +382,14 @@ mod tests {
         // A length prefix announcing 100 bytes, then only 3 of them, then silence.
         client.write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let handover = Handover::default();
+        let ends = Ends {
+            shards: &shards,
+            handover: &handover,
+        };
         let served = tokio::time::timeout(
             Duration::from_secs(5),
-            connection(server, peer, &shards, &stats, Duration::from_millis(100)),
+            connection(server, peer, ends, &stats, Duration::from_millis(100)),
         )
         .await;
         assert!(

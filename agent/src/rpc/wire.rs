@@ -42,6 +42,25 @@ pub enum RpcKind {
     /// A linearizable read answered by the peer's replica (an encoded query, see
     /// `crate::shards::Query`), for nodes that hold no replica of the shard.
     Query(Request),
+    /// Hands the connection over to an IMAP session for the hello's account, on a node that
+    /// holds a replica of the request's shard: after an `Ok` answer the connection carries
+    /// the session's bytes, no more frames (see `crate::imap::proxy`).
+    ImapSession(ImapHello),
+}
+
+/// What a node relaying an IMAP session tells the node that is to serve it. The account
+/// has logged in on the relaying node; the mutual TLS of the connection is what makes this
+/// trusted (only cluster members hold a certificate of the cluster CA).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImapHello {
+    /// The account that logged in.
+    pub account: String,
+    /// The client's address (for logs and limits on the serving node).
+    pub client: std::net::SocketAddr,
+    /// Whether the client's connection is encrypted.
+    pub tls: bool,
+    /// The relaying node's name, for logs.
+    pub via: String,
 }
 
 /// Why a peer did not carry out a [`RpcKind::Write`] or [`RpcKind::ReadIndex`].
@@ -96,6 +115,9 @@ pub enum RpcResponse {
     Status(ShardStatus),
     /// The encoded answer to a [`RpcKind::Query`].
     Query(Result<Response, Refused>),
+    /// Whether the node takes the [`RpcKind::ImapSession`]; after `Ok` the session's bytes
+    /// follow.
+    ImapSession(Result<(), Refused>),
 }
 
 pub(crate) fn encode<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {

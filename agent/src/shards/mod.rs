@@ -245,7 +245,7 @@ impl ShardHost {
         let _ = self.liveness.set(liveness);
     }
 
-    fn is_live(&self, id: NodeId) -> bool {
+    pub(crate) fn is_live(&self, id: NodeId) -> bool {
         id == self.node_id || self.liveness.get().is_none_or(|live| live(id))
     }
 
@@ -652,7 +652,7 @@ impl ShardHost {
 
     /// The RPC address of a node, by id: from a local replica's membership, else from the
     /// assignment's node names and [`Peers`].
-    fn address_of(&self, id: NodeId) -> Option<String> {
+    pub(crate) fn address_of(&self, id: NodeId) -> Option<String> {
         let assignment = self.assignment()?;
         let name = assignment
             .nodes

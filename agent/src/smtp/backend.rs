@@ -2,6 +2,7 @@
 //! (linearizable lookups, the acknowledgement rule, relaying and senders) is described in
 //! [the module above](super).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +18,7 @@ use tern_smtp::{
 use tokio::time::Instant;
 
 use super::SmtpStats;
+use super::auth_results::InboundChecks;
 use super::delivery;
 use crate::mailstore::{Unavailable, retrying, unix_ms, verify};
 use crate::shards::ShardHost;
@@ -35,6 +37,9 @@ pub struct BackendOptions {
     /// The domain of the bare `<Postmaster>` recipient (RFC 5321 4.5.1): the cluster's
     /// first domain. Without one, `<Postmaster>` is an unknown user.
     pub postmaster_domain: Option<String>,
+    /// How long a message to remote recipients stays in the outbound queue before it is
+    /// given up and bounced.
+    pub queue_lifetime: Duration,
 }
 
 impl BackendOptions {
@@ -44,6 +49,7 @@ impl BackendOptions {
         Self {
             deadline: (timeout * 2).clamp(Duration::from_secs(1), Duration::from_secs(60)),
             postmaster_domain,
+            queue_lifetime: crate::outbound::DEFAULT_QUEUE_LIFETIME,
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct MailBackend {
     options: BackendOptions,
     stats: Arc<SmtpStats>,
     routes: Mutex<Routes>,
+    /// SPF, DKIM and DMARC on mail from unauthenticated SMTP sessions.
+    checks: Option<Arc<InboundChecks>>,
 }
 
 impl MailBackend {
@@ -102,6 +110,36 @@ impl MailBackend {
             options,
             stats,
             routes: Mutex::default(),
+            checks: None,
+        }
+    }
+
+    /// Checks mail from unauthenticated SMTP sessions with `checks` and stores it with their
+    /// `Authentication-Results:` field.
+    pub fn with_inbound_checks(mut self, checks: Arc<InboundChecks>) -> Self {
+        self.checks = Some(checks);
+        self
+    }
+
+    /// The message as stored: with the inbound checks' results when the session is an
+    /// unauthenticated SMTP one (the mail of the internet), as received otherwise.
+    async fn checked<'a>(&self, session: &SessionInfo, delivery: &'a Delivery) -> Cow<'a, [u8]> {
+        match &self.checks {
+            Some(checks) if session.protocol == Protocol::Smtp && session.account.is_none() => {
+                let sender = match &delivery.envelope.sender {
+                    ReversePath::Mailbox(m) if !m.domain.is_empty() => {
+                        format!("{}@{}", m.local_part, m.domain)
+                    }
+                    _ => String::new(),
+                };
+                let helo = session.helo.as_deref().unwrap_or("");
+                Cow::Owned(
+                    checks
+                        .apply(session.client.ip(), helo, &sender, &delivery.message)
+                        .await,
+                )
+            }
+            _ => Cow::Borrowed(&delivery.message),
         }
     }
 
@@ -168,7 +206,7 @@ impl MailBackend {
 
     async fn check_password(&self, credentials: &Credentials, deadline: Instant) -> AuthVerdict {
         let Ok(address) = tern_mail::normalize_address(credentials.username.trim()) else {
-            verify(None, credentials.password.clone()).await;
+            verify(None, &credentials.password).await;
             return AuthVerdict::Invalid;
         };
         let Some(shard) = self.host.assignment().and_then(|a| a.shard_of(&address)) else {
@@ -181,9 +219,11 @@ impl MailBackend {
                 return AuthVerdict::TempFail;
             }
         };
-        let hash = account.as_ref().map(|a| a.password_hash.clone());
-        match (account, verify(hash, credentials.password.clone()).await) {
-            (Some(account), true) => AuthVerdict::Ok(Account {
+        match (
+            verify(account.as_ref(), &credentials.password).await,
+            account,
+        ) {
+            (true, Some(account)) => AuthVerdict::Ok(Account {
                 addresses: std::iter::once(account.address.clone())
                     .chain(account.aliases)
                     .collect(),
@@ -197,6 +237,7 @@ impl MailBackend {
         &self,
         session: &SessionInfo,
         delivery: &Delivery,
+        message: &[u8],
         deadline: Instant,
     ) -> Vec<DeliveryStatus> {
         let recipients: Vec<Option<String>> = delivery
@@ -207,6 +248,7 @@ impl MailBackend {
             .collect();
         let mut results: Vec<Option<DeliveryStatus>> = vec![None; recipients.len()];
         let mut by_shard: BTreeMap<ShardId, Vec<usize>> = BTreeMap::new();
+        let mut remote: Vec<usize> = Vec::new();
         for (i, address) in recipients.iter().enumerate() {
             let Some(address) = address else {
                 results[i] = Some(no_such_user("Postmaster"));
@@ -224,6 +266,13 @@ impl MailBackend {
             match route {
                 Ok(Route::Local(shard)) => by_shard.entry(shard).or_default().push(i),
                 Ok(Route::Unknown) => results[i] = Some(no_such_user(address)),
+                // Only authenticated submission sessions get here with a remote recipient
+                // (the engine refuses relaying to everyone else at RCPT); checked again.
+                Ok(Route::Remote)
+                    if session.account.is_some() && session.protocol != Protocol::Lmtp =>
+                {
+                    remote.push(i);
+                }
                 Ok(Route::Remote) => {
                     results[i] = Some(DeliveryStatus::PermFail(Reply::new(
                         550,
@@ -246,7 +295,7 @@ impl MailBackend {
             let command = delivery::deliver_command(
                 &delivery.digest,
                 addresses.clone(),
-                &delivery.message,
+                message,
                 now,
             )
             .encode();
@@ -262,7 +311,25 @@ impl MailBackend {
                 (indexes, outcome)
             }
         });
-        for (indexes, outcome) in futures::future::join_all(writes).await {
+        let queued = async {
+            if remote.is_empty() {
+                return (Vec::new(), Vec::new());
+            }
+            let outcome = self
+                .enqueue(
+                    session,
+                    delivery,
+                    message,
+                    (&recipients, &remote),
+                    now,
+                    deadline,
+                )
+                .await;
+            (remote.clone(), outcome)
+        };
+        let (stored, queued) =
+            futures::future::join(futures::future::join_all(writes), queued).await;
+        for (indexes, outcome) in stored.into_iter().chain(std::iter::once(queued)) {
             for (i, status) in indexes.into_iter().zip(outcome) {
                 results[i] = Some(status);
             }
@@ -271,6 +338,60 @@ impl MailBackend {
             .into_iter()
             .map(|r| r.unwrap_or_else(not_stored))
             .collect()
+    }
+}
+
+impl MailBackend {
+    /// Queues the message for the remote recipients at `indexes` in the shard of the
+    /// session's account (the outbound queue lives with the sender), majority-durable before
+    /// it returns `Stored`.
+    async fn enqueue(
+        &self,
+        session: &SessionInfo,
+        delivery: &Delivery,
+        message: &[u8],
+        (recipients, indexes): (&[Option<String>], &[usize]),
+        now: i64,
+        deadline: Instant,
+    ) -> Vec<DeliveryStatus> {
+        let Some(account) = session.account.as_ref() else {
+            return vec![not_stored(); indexes.len()];
+        };
+        let Some(shard) = self
+            .host
+            .assignment()
+            .and_then(|a| a.shard_of(&account.name))
+        else {
+            return vec![not_stored(); indexes.len()];
+        };
+        let addresses: Vec<String> = indexes
+            .iter()
+            .filter_map(|&i| recipients[i].clone())
+            .collect();
+        let sender = match &delivery.envelope.sender {
+            ReversePath::Mailbox(m) if !m.domain.is_empty() => {
+                format!("{}@{}", m.local_part, m.domain)
+            }
+            _ => String::new(),
+        };
+        let lifetime = i64::try_from(self.options.queue_lifetime.as_millis()).unwrap_or(i64::MAX);
+        let command = delivery::enqueue_command(
+            &delivery.digest,
+            sender,
+            account.name.clone(),
+            addresses,
+            message,
+            now,
+            now.saturating_add(lifetime),
+        )
+        .encode();
+        match retrying(deadline, || self.host.write(shard, command.clone())).await {
+            Ok(answer) => delivery::enqueue_outcomes(&answer, indexes.len()),
+            Err(Unavailable(why)) => {
+                tracing::warn!(shard, %why, key = %delivery.key, "message not queued");
+                vec![not_stored(); indexes.len()]
+            }
+        }
     }
 }
 
@@ -288,20 +409,9 @@ impl Backend for MailBackend {
                 RcptVerdict::Local
             }
             Ok(Route::Unknown) => RcptVerdict::Unknown,
-            // The engine refuses relaying for every unauthenticated session and on LMTP.
-            Ok(Route::Remote)
-                if session.account.is_none() || session.protocol == Protocol::Lmtp =>
-            {
-                RcptVerdict::Relay
-            }
-            Ok(Route::Remote) => RcptVerdict::Refuse(Reply::new(
-                550,
-                Status(5, 7, 1),
-                format!(
-                    "<{address}>: Delivery to remote domains is not available on this server \
-                     (no outbound queue)"
-                ),
-            )),
+            // The engine refuses relaying for every unauthenticated session and on LMTP; an
+            // authenticated submission session's remote recipients are queued at DATA.
+            Ok(Route::Remote) => RcptVerdict::Relay,
             Err(why) => {
                 self.unavailable("recipient", &why);
                 RcptVerdict::TempFail
@@ -325,12 +435,14 @@ impl Backend for MailBackend {
     }
 
     async fn deliver(&self, session: &SessionInfo, delivery: &Delivery) -> Vec<DeliveryStatus> {
+        // The checks have their own bound (their DNS lookups), before the store's deadline.
+        let message = self.checked(session, delivery).await;
         let deadline = self.deadline();
         let count = delivery.envelope.recipients.len();
         // Every wait inside is bounded by the deadline; this bounds the rest.
         let results = match tokio::time::timeout_at(
             deadline + Duration::from_millis(500),
-            self.store(session, delivery, deadline),
+            self.store(session, delivery, &message, deadline),
         )
         .await
         {

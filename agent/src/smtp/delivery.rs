@@ -28,6 +28,80 @@ pub fn idempotency_key(digest: &[u8; 32], recipients: &[String]) -> Vec<u8> {
     ctx.finish().as_ref().to_vec()
 }
 
+/// Labels the outbound queue's key derivation (see [`KEY_LABEL`]).
+const ENQUEUE_LABEL: &[u8] = b"tern smtp enqueue v1\0";
+
+/// The idempotency key of an `Enqueue`: as [`idempotency_key`], under its own label, so a
+/// message resent after a temporary failure is queued once.
+pub fn enqueue_key(digest: &[u8; 32], recipients: &[String]) -> Vec<u8> {
+    let mut sorted: Vec<String> = recipients.iter().map(|r| r.to_lowercase()).collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(ENQUEUE_LABEL);
+    ctx.update(digest);
+    for r in &sorted {
+        ctx.update(r.as_bytes());
+        ctx.update(b"\0");
+    }
+    ctx.finish().as_ref().to_vec()
+}
+
+/// The command that queues `message` for the remote `recipients` in the shard of the
+/// submitting `account`, to be given up at `expires_at`.
+pub fn enqueue_command(
+    digest: &[u8; 32],
+    sender: String,
+    account: String,
+    recipients: Vec<String>,
+    message: &[u8],
+    now: i64,
+    expires_at: i64,
+) -> Command {
+    Command::Enqueue {
+        idempotency_key: enqueue_key(digest, &recipients),
+        sender,
+        account,
+        recipients,
+        body: message.to_vec(),
+        expires_at,
+        now,
+    }
+}
+
+/// The SMTP outcome of each of `count` remote recipients from the sender's shard's answer to
+/// their `Enqueue`: queued (majority-durable) is as good as stored.
+pub fn enqueue_outcomes(answer: &[u8], count: usize) -> Vec<DeliveryStatus> {
+    match tern_mail::decode_response(answer) {
+        Ok(MailReply::Queued { .. }) => vec![DeliveryStatus::Stored; count],
+        Ok(other) => {
+            tracing::error!(answer = ?other, "the shard answered an enqueue with something else");
+            vec![
+                DeliveryStatus::temp("Unexpected answer from the mail store, try again later");
+                count
+            ]
+        }
+        Err(MailError::Malformed(why)) => {
+            tracing::error!(%why, "the shard could not decode an enqueue");
+            vec![
+                DeliveryStatus::temp(
+                    "The mail store cannot queue this message now, try again later"
+                );
+                count
+            ]
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the shard refused to queue a message");
+            let reply = Reply::new(
+                554,
+                Status(5, 3, 0),
+                format!("Message not queued: {}", e.category()),
+            );
+            vec![DeliveryStatus::PermFail(reply); count]
+        }
+    }
+}
+
 /// The command that stores `message` (as it will be kept, with Tern's `Received:` field) for
 /// `recipients` of one shard, received at `now` (Unix milliseconds), into their INBOXes.
 pub fn deliver_command(
@@ -201,6 +275,56 @@ mod tests {
         );
         assert!(
             matches!(&out[2], DeliveryStatus::PermFail(r) if r.code == 550 && r.status == Some(Status(5, 1, 1)))
+        );
+    }
+
+    #[test]
+    fn enqueue_keys_are_their_own_and_queued_means_stored() {
+        let d = [3u8; 32];
+        let rcpts = addresses(&["r@remote.test"]);
+        assert_ne!(enqueue_key(&d, &rcpts), idempotency_key(&d, &rcpts));
+        assert_eq!(
+            enqueue_key(&d, &rcpts),
+            enqueue_key(&d, &addresses(&["R@Remote.test"]))
+        );
+        let Command::Enqueue {
+            idempotency_key: key,
+            expires_at,
+            now,
+            ..
+        } = enqueue_command(
+            &d,
+            "a@x.test".into(),
+            "a@x.test".into(),
+            rcpts.clone(),
+            b"m",
+            5,
+            9,
+        )
+        else {
+            panic!("not an Enqueue");
+        };
+        assert_eq!((key, now, expires_at), (enqueue_key(&d, &rcpts), 5, 9));
+        let queued = encoded(&Ok(MailReply::Queued { id: 4 }));
+        assert_eq!(
+            enqueue_outcomes(&queued, 2),
+            vec![DeliveryStatus::Stored; 2]
+        );
+        assert!(
+            enqueue_outcomes(&encoded(&Ok(MailReply::Done)), 1)
+                .iter()
+                .all(|s| code(s) == Some(451))
+        );
+        assert!(
+            enqueue_outcomes(&[0xff], 1)
+                .iter()
+                .all(|s| code(s) == Some(451))
+        );
+        let refused = encoded(&Err(MailError::InvalidCommand("no".into())));
+        assert!(
+            enqueue_outcomes(&refused, 1)
+                .iter()
+                .all(|s| code(s) == Some(554))
         );
     }
 

@@ -6,6 +6,9 @@
 //!   environment, their TLS, and starting and stopping them.
 //! - [`backend`]: [`MailBackend`], tern-smtp's `Backend` over the [`ShardHost`]: directory
 //!   lookups, password checks, storing messages.
+//! - [`auth_results`]: the SPF, DKIM and DMARC checks of mail from unauthenticated SMTP
+//!   sessions, recorded in an `Authentication-Results:` field on top of the stored message
+//!   (below it, the `Received:` field tern-smtp adds to every message, RFC 5321 §4.4).
 //! - [`delivery`]: what storing a message writes — one `Deliver` command per shard, its
 //!   idempotency key — and what each recipient's outcome means in SMTP.
 //!
@@ -44,10 +47,11 @@
 //!
 //! # Relaying and senders
 //!
-//! - Remote recipients are refused: from unauthenticated sessions and on LMTP by the engine
-//!   (`554 5.7.1` relay denied, whatever the client's address), from authenticated
-//!   submission sessions by the backend (`550 5.7.1`: there is no outbound queue yet, so the
-//!   message is refused at RCPT rather than accepted and never delivered).
+//! - Remote recipients are refused from unauthenticated sessions and on LMTP by the engine
+//!   (`554 5.7.1` relay denied, whatever the client's address). From authenticated
+//!   submission sessions they are accepted and, at DATA, queued in the outbound queue of the
+//!   account's shard (one `Enqueue` with an idempotency key from the digest and the remote
+//!   recipient set) before the `250`; [`crate::outbound`] delivers them.
 //! - On port 25, an unauthenticated client may not use a local domain in MAIL FROM
 //!   (`550 5.7.1`): Tern's own users send through submission, so such a sender is forged.
 //!   The cost: mail a third party forwards with the original envelope sender kept (some
@@ -60,6 +64,7 @@
 //! not finish in time is a temporary failure, and a write that may still commit is found by
 //! the client's retry through its key.
 
+pub mod auth_results;
 pub mod backend;
 pub mod delivery;
 pub mod listeners;
@@ -88,6 +93,8 @@ pub struct SmtpStats {
     /// Directory lookups answered with a temporary failure (no quorum, no answer in time).
     pub lookups_unavailable: AtomicU64,
     listeners: Mutex<Vec<(ListenerKind, Arc<ServerStats>)>>,
+    /// What outbound delivery counted (`tern_outbound_*`).
+    pub outbound: Arc<crate::outbound::OutboundStats>,
 }
 
 impl SmtpStats {
@@ -161,6 +168,7 @@ impl SmtpStats {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", counter.load(Ordering::Relaxed));
         }
+        self.outbound.render(out, crate::mailstore::unix_ms());
     }
 }
 
@@ -190,6 +198,7 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
         }
-        assert_eq!(out.matches("# TYPE").count(), 5);
+        // Five of intake, three of outbound delivery.
+        assert_eq!(out.matches("# TYPE").count(), 8);
     }
 }

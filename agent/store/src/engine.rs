@@ -8,6 +8,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::log_engine::LogEngine;
 use crate::redb_engine::RedbEngine;
 use crate::sled_engine::SledEngine;
 
@@ -260,15 +261,18 @@ fn allocated_bytes(meta: &fs::Metadata) -> u64 {
 pub enum EngineKind {
     Redb,
     Sled,
+    /// Append-only segments with an in-memory index ([`LogEngine`]): for the Raft logs.
+    Log,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 2] = [EngineKind::Redb, EngineKind::Sled];
+    pub const ALL: [EngineKind; 3] = [EngineKind::Redb, EngineKind::Sled, EngineKind::Log];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Redb => "redb",
             EngineKind::Sled => "sled",
+            EngineKind::Log => "log",
         }
     }
 
@@ -277,6 +281,7 @@ impl EngineKind {
         match self {
             EngineKind::Redb => "store.redb",
             EngineKind::Sled => "sled",
+            EngineKind::Log => "segments",
         }
     }
 }
@@ -294,8 +299,9 @@ impl FromStr for EngineKind {
         match s {
             "redb" => Ok(EngineKind::Redb),
             "sled" => Ok(EngineKind::Sled),
+            "log" => Ok(EngineKind::Log),
             other => Err(format!(
-                "unknown storage engine {other:?}: expected \"redb\" or \"sled\""
+                "unknown storage engine {other:?}: expected \"redb\", \"sled\" or \"log\""
             )),
         }
     }
@@ -320,6 +326,7 @@ pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StoreError>
     let engine: Arc<dyn Engine> = match kind {
         EngineKind::Redb => Arc::new(RedbEngine::open(&path)?),
         EngineKind::Sled => Arc::new(SledEngine::open(&path)?),
+        EngineKind::Log => Arc::new(LogEngine::open(&path)?),
     };
     // The engines sync their files, not the directories naming them: without this a power
     // loss soon after the first start could take the whole store file with it.

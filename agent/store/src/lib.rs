@@ -1,19 +1,24 @@
 //! Tern's storage engines: an ordered key-value store with named keyspaces and atomic,
 //! durable batches, behind one object-safe trait.
 //!
-//! Two implementations, [`RedbEngine`] and [`SledEngine`], prove themselves against one test
-//! suite ([`suite`]), a SIGKILL crash test and a benchmark (see `tests/` and `benches/`); the
-//! agent picks one with [`EngineKind`] and [`open`].
+//! Three implementations prove themselves against one test suite ([`suite`]), a SIGKILL crash
+//! test and a benchmark (see `tests/` and `benches/`): the B-trees [`RedbEngine`] and
+//! [`SledEngine`] for the shards' state, and [`LogEngine`], append-only segments for the Raft
+//! logs. The agent picks them with [`EngineKind`] and [`open`].
 
 #![forbid(unsafe_code)]
 
 mod buffered;
 mod engine;
+mod log_engine;
 mod redb_engine;
 mod sled_engine;
+mod split;
 pub mod suite;
 
 pub use buffered::Buffered;
 pub use engine::{Batch, Durability, Engine, EngineKind, KeyValue, Op, Space, StoreError, open};
+pub use log_engine::{DEFAULT_SEGMENT_BYTES, LogEngine};
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;
+pub use split::Split;

@@ -67,6 +67,7 @@ fn crash_loop(kind: EngineKind) {
     let default = match kind {
         EngineKind::Redb => 100,
         EngineKind::Sled => 30,
+        EngineKind::Log => 100,
     };
     let iterations = env_u64("TERN_CRASH_ITERATIONS").unwrap_or(default);
     let seed = env_u64("TERN_CRASH_SEED").unwrap_or_else(|| {
@@ -267,4 +268,9 @@ fn redb_keeps_every_acknowledged_write_across_sigkill() {
 #[test]
 fn sled_keeps_every_acknowledged_write_across_sigkill() {
     crash_loop(EngineKind::Sled);
+}
+
+#[test]
+fn log_keeps_every_acknowledged_write_across_sigkill() {
+    crash_loop(EngineKind::Log);
 }

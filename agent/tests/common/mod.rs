@@ -189,6 +189,9 @@ impl Cluster {
             rpc_reach: SocketAddr,
             gossip_reach: SocketAddr,
         }
+        let dns = tern_agent::local_dns::start()
+            .expect("a local DNS server")
+            .to_string();
         let plans: Vec<Plan> = (0..count)
             .map(|i| {
                 let [
@@ -326,6 +329,18 @@ impl Cluster {
                     .collect();
                 let mut env = vec![
                     ("POD_NAME", name.clone()),
+                    // The machine may have no network: lookups answered at once with NXDOMAIN
+                    // instead of waiting for a resolver that never answers. A node in its own
+                    // namespace cannot reach the host's loopback; it gets an address its
+                    // namespace has no route to (TEST-NET-1), so its lookups fail at once.
+                    (
+                        "TERN_DNS_SERVERS",
+                        if isolated == Some(i) {
+                            "192.0.2.53".to_owned()
+                        } else {
+                            dns.clone()
+                        },
+                    ),
                     ("TERN_ROLE", dev::POOL.to_owned()),
                     ("TERN_CLUSTER", dev::CLUSTER.to_owned()),
                     (

@@ -12,6 +12,11 @@
 //!    nodes, following "not the leader" answers); the killed node is restarted and caught up
 //!    before the next trial.
 //!
+//! `tern-bench imap`: IMAP against Dovecot, see `tern_e2e::imap_bench`.
+//!
+//! `tern-bench smtp`: SMTP intake with Postfix's smtp-source against Postfix → Dovecot, see
+//! `e2e/src/smtp_bench.rs`.
+//!
 //! Usage: `tern-bench store [--dir DIR] [--base-port P] [--seconds S] [--clients 1,16,256]
 //! [--trials N] [--keep]`.
 
@@ -29,6 +34,10 @@ use tern_agent::rpc::{Network, Refused, RpcKind, RpcResponse, TlsConfig};
 use tern_crds::Assignment;
 use tern_mail::{Command as MailCommand, Reply, decode_response};
 use tern_raft::{Node, NodeId, Request, ShardId};
+
+/// `tern-bench smtp`: SMTP intake with smtp-source, Tern against Postfix → Dovecot.
+#[path = "../smtp_bench.rs"]
+mod smtp_bench;
 
 const BODY_SIZE: usize = 4096;
 const DOMAIN: &str = "bench.test";
@@ -54,7 +63,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("store") => {}
-        other => return Err(format!("expected `store`, got {other:?}")),
+        other => return Err(format!("expected `store` or `smtp`, got {other:?}")),
     }
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -82,6 +91,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("smtp") {
+        std::process::exit(smtp_bench::main(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("imap") {
+        std::process::exit(tern_e2e::imap_bench::main(&args[1..]));
+    }
     let options = match parse(&args) {
         Ok(o) => o,
         Err(e) => {

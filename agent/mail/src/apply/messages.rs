@@ -83,7 +83,7 @@ fn count_out(mailbox: &mut Mailbox, message: &Message) {
 
 /// Takes a reference to the body `hash`, storing `body` when it is the first one. Without a
 /// body (copies) the blob must already be referenced.
-fn blob_incref(txn: &mut Txn<'_>, hash: &BlobHash, body: Option<&[u8]>) -> Step<()> {
+pub(super) fn blob_incref(txn: &mut Txn<'_>, hash: &BlobHash, body: Option<&[u8]>) -> Step<()> {
     let refs = source::blob_refs(txn, &hash.0)?;
     let key = keys::blob(txn.shard(), &hash.0);
     if refs == 0 {
@@ -101,7 +101,7 @@ fn blob_incref(txn: &mut Txn<'_>, hash: &BlobHash, body: Option<&[u8]>) -> Step<
 }
 
 /// Drops a reference to the body `hash`; the last one deletes it.
-fn blob_decref(txn: &mut Txn<'_>, hash: &BlobHash) -> Step<()> {
+pub(super) fn blob_decref(txn: &mut Txn<'_>, hash: &BlobHash) -> Step<()> {
     let refs = source::blob_refs(txn, &hash.0)?;
     let key = keys::blob(txn.shard(), &hash.0);
     match refs {

@@ -3,6 +3,7 @@
 
 mod directory;
 mod messages;
+mod queue;
 
 use std::ops::Bound;
 
@@ -273,6 +274,30 @@ fn execute(txn: &mut Txn<'_>, command: Command) -> Step<Reply> {
             to,
             uids,
         } => messages::copy(txn, &account, &from, &to, &uids, true),
+        Command::Enqueue {
+            idempotency_key: _,
+            sender,
+            account,
+            recipients,
+            body,
+            expires_at,
+            now,
+        } => queue::enqueue(txn, &sender, &account, &recipients, &body, expires_at, now),
+        Command::ClaimOutbound {
+            id,
+            node,
+            lease_ms,
+            now,
+        } => queue::claim(txn, id, node, lease_ms, now),
+        Command::RecordOutbound {
+            id,
+            token,
+            outcomes,
+            next_attempt,
+            release,
+            now: _,
+        } => queue::record(txn, id, token, &outcomes, next_attempt, release),
+        Command::RemoveOutbound { id, token } => queue::remove(txn, id, token),
     }
 }
 
@@ -289,6 +314,11 @@ fn idempotency(command: &Command) -> Result<Option<(Vec<u8>, i64)>, MailError> {
             now,
             ..
         } => (idempotency_key, *now),
+        Command::Enqueue {
+            idempotency_key,
+            now,
+            ..
+        } => (idempotency_key, *now),
         _ => return Ok(None),
     };
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
@@ -299,7 +329,7 @@ fn idempotency(command: &Command) -> Result<Option<(Vec<u8>, i64)>, MailError> {
     Ok(Some((key.clone(), now)))
 }
 
-fn clock(now: i64) -> u64 {
+pub(crate) fn clock(now: i64) -> u64 {
     u64::try_from(now).unwrap_or(0)
 }
 

@@ -5,6 +5,7 @@ mod determinism;
 mod directory;
 mod groups;
 mod messages;
+mod queue;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,0 +1,849 @@
+//! The log engine: each batch is appended to a segment file as one checksummed record, and an
+//! in-memory ordered index says where every live value lies.
+//!
+//! Built for what the B-tree engines do worst: a stream of large values written once and read
+//! back rarely (Raft log entries, message bodies). A write costs one `pwrite` of the batch
+//! (and one `fdatasync` when `Immediate`), whatever the size of the values, instead of
+//! copy-on-write pages of a tree.
+//!
+//! # On disk
+//!
+//! A directory of segment files `NNNNNNNNNNNNNNNNNNNN.seg`, numbered upwards; only the newest
+//! (the *active* segment) is written. A record is
+//!
+//! ```text
+//! payload length (u32 LE) | CRC-32 of the payload (u32 LE) | payload
+//! payload = op*;  op = 1 | keyspace length (u8) | keyspace | key length (u32 LE) | key
+//!                          | value length (u32 LE) | value          (put)
+//!                    | 2 | keyspace length (u8) | keyspace | key length (u32 LE) | key (delete)
+//! ```
+//!
+//! # Crash safety
+//!
+//! - A batch is one record: after a crash its CRC either verifies (all of it applies) or not
+//!   (none of it does), so batches are atomic.
+//! - Opening replays the segments in order. A record cut short or failing its CRC can only be
+//!   the unacknowledged tail of the active segment (a segment is fsynced before the next one
+//!   is started); the file is cut back to the last whole record. The same damage in an older
+//!   segment is corruption, reported, never skipped.
+//! - A failed write is cut back off the file; a failed fsync stops every later write (the
+//!   kernel may have dropped the unsynced pages), so nothing is acknowledged on top of a hole.
+//!
+//! # Space
+//!
+//! Overwritten and deleted values stay in their segments until compaction. Only the *oldest*
+//! segment is ever compacted: its live values are appended again to the active segment (and
+//! fsynced), then the file is deleted. Because every older segment is gone by then, the
+//! deletes it records no longer hide anything, so dropping them cannot bring a value back.
+//! This runs whenever a segment fills: a segment holding nothing live is deleted at once
+//! (a purged Raft log costs nothing to reclaim), and live values are copied forward while the
+//! sealed segments exceed twice the live bytes plus one segment. [`Engine::compact`] seals the
+//! active segment and compacts every other.
+//!
+//! The index holds every key in memory, and opening reads every segment: fine for Raft logs
+//! (purged after each snapshot) and message bodies keyed by hash; not meant for billions of
+//! small keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::engine::{
+    Batch, Durability, Engine, KeyValue, Op, Space, StoreError, disk_usage, range_is_empty,
+    sync_dir, validate_keyspace,
+};
+
+/// A segment is sealed and a new one started once it holds this many bytes.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+const HEADER: usize = 8;
+const PUT: u8 = 1;
+const DELETE: u8 = 2;
+const SUFFIX: &str = ".seg";
+
+/// See the [module docs](self).
+pub struct LogEngine {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// Appends, sealing and compaction, one at a time; held across a write's fsync.
+    writer: Mutex<Writer>,
+    state: RwLock<State>,
+    /// Holds the directory's advisory lock for as long as the engine is open.
+    _lock: File,
+}
+
+struct Writer {
+    file: Arc<File>,
+    segment: u64,
+    len: u64,
+    /// Why writes stopped: a failed fsync leaves the file's durability unknown.
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    keyspaces: HashMap<String, BTreeMap<Vec<u8>, Loc>>,
+    segments: BTreeMap<u64, Segment>,
+    /// Key and value bytes of every live entry.
+    live: u64,
+}
+
+struct Segment {
+    file: Arc<File>,
+    size: u64,
+    /// Key and value bytes of the live entries whose value lies in this segment.
+    live: u64,
+}
+
+/// Where a live value lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+/// One operation of an encoded record: where its value will lie within the record.
+enum Placed<'a> {
+    Put {
+        keyspace: &'a str,
+        key: &'a [u8],
+        offset: u64,
+        len: u32,
+    },
+    Delete {
+        keyspace: &'a str,
+        key: &'a [u8],
+    },
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}{SUFFIX}"))
+}
+
+fn too_large(what: &str) -> StoreError {
+    StoreError::Engine(format!(
+        "{what} is too large for one log record (4 GiB at most)"
+    ))
+}
+
+fn len32(len: usize, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(len).map_err(|_| too_large(what))
+}
+
+/// Encodes `ops` as one record (header included) and says where each value lies in it.
+fn encode<'a>(
+    ops: impl Iterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
+) -> Result<(Vec<u8>, Vec<Placed<'a>>), StoreError> {
+    let mut record = vec![0; HEADER];
+    let mut placed = Vec::new();
+    for (keyspace, key, value) in ops {
+        record.push(if value.is_some() { PUT } else { DELETE });
+        record.push(keyspace.len() as u8);
+        record.extend_from_slice(keyspace.as_bytes());
+        record.extend_from_slice(&len32(key.len(), "a key")?.to_le_bytes());
+        record.extend_from_slice(key);
+        match value {
+            Some(value) => {
+                let len = len32(value.len(), "a value")?;
+                record.extend_from_slice(&len.to_le_bytes());
+                placed.push(Placed::Put {
+                    keyspace,
+                    key,
+                    offset: record.len() as u64,
+                    len,
+                });
+                record.extend_from_slice(value);
+            }
+            None => placed.push(Placed::Delete { keyspace, key }),
+        }
+    }
+    let payload = len32(record.len() - HEADER, "a batch")?;
+    let crc = crc32fast::hash(&record[HEADER..]);
+    record[..4].copy_from_slice(&payload.to_le_bytes());
+    record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok((record, placed))
+}
+
+/// Reads the operations of one record's payload; `base` is the payload's offset in the file.
+fn decode(payload: &[u8], base: u64) -> Option<Vec<Placed<'_>>> {
+    let mut ops = Vec::new();
+    let mut at = 0usize;
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let bytes = payload.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(bytes)
+    };
+    let u32_at =
+        |at: &mut usize| -> Option<u32> { Some(u32::from_le_bytes(take(at, 4)?.try_into().ok()?)) };
+    while at < payload.len() {
+        let tag = take(&mut at, 1)?[0];
+        let ks_len = take(&mut at, 1)?[0] as usize;
+        let keyspace = std::str::from_utf8(take(&mut at, ks_len)?).ok()?;
+        let key_len = u32_at(&mut at)? as usize;
+        let key = take(&mut at, key_len)?;
+        match tag {
+            PUT => {
+                let len = u32_at(&mut at)?;
+                let offset = base + at as u64;
+                take(&mut at, len as usize)?;
+                ops.push(Placed::Put {
+                    keyspace,
+                    key,
+                    offset,
+                    len,
+                });
+            }
+            DELETE => ops.push(Placed::Delete { keyspace, key }),
+            _ => return None,
+        }
+    }
+    Some(ops)
+}
+
+impl State {
+    /// Points `key` at `loc` (or removes it), keeping the live-byte counts.
+    fn set(&mut self, keyspace: &str, key: &[u8], loc: Option<Loc>) {
+        let old = match loc {
+            Some(loc) => {
+                if !self.keyspaces.contains_key(keyspace) {
+                    self.keyspaces.insert(keyspace.to_owned(), BTreeMap::new());
+                }
+                let space = self.keyspaces.get_mut(keyspace).expect("just inserted");
+                match space.get_mut(key) {
+                    Some(slot) => Some(std::mem::replace(slot, loc)),
+                    None => {
+                        space.insert(key.to_vec(), loc);
+                        None
+                    }
+                }
+            }
+            None => self
+                .keyspaces
+                .get_mut(keyspace)
+                .and_then(|space| space.remove(key)),
+        };
+        let key_len = key.len() as u64;
+        if let Some(old) = old {
+            let bytes = key_len + u64::from(old.len);
+            self.live -= bytes;
+            if let Some(segment) = self.segments.get_mut(&old.segment) {
+                segment.live -= bytes;
+            }
+        }
+        if let Some(loc) = loc {
+            let bytes = key_len + u64::from(loc.len);
+            self.live += bytes;
+            if let Some(segment) = self.segments.get_mut(&loc.segment) {
+                segment.live += bytes;
+            }
+        }
+    }
+
+    fn apply(&mut self, segment: u64, record_start: u64, placed: &[Placed<'_>]) {
+        for op in placed {
+            match *op {
+                Placed::Put {
+                    keyspace,
+                    key,
+                    offset,
+                    len,
+                } => self.set(
+                    keyspace,
+                    key,
+                    Some(Loc {
+                        segment,
+                        offset: record_start + offset,
+                        len,
+                    }),
+                ),
+                Placed::Delete { keyspace, key } => self.set(keyspace, key, None),
+            }
+        }
+    }
+
+    fn file(&self, loc: &Loc) -> Result<Arc<File>, StoreError> {
+        self.segments
+            .get(&loc.segment)
+            .map(|s| s.file.clone())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "the index points into missing segment {}",
+                    loc.segment
+                ))
+            })
+    }
+}
+
+fn read_value(file: &File, loc: &Loc) -> Result<Vec<u8>, StoreError> {
+    let mut value = vec![0; loc.len as usize];
+    file.read_exact_at(&mut value, loc.offset)?;
+    Ok(value)
+}
+
+impl LogEngine {
+    /// Opens or creates the log engine in directory `dir`, with the default segment size.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// Opens or creates the log engine in `dir`, sealing segments at `segment_bytes`.
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        lock.try_lock().map_err(|e| {
+            StoreError::Engine(format!(
+                "{} is in use by another process: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut numbers = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(number) = name.strip_suffix(SUFFIX) {
+                let number = number.parse::<u64>().map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "unexpected segment file {name} in {}",
+                        dir.display()
+                    ))
+                })?;
+                numbers.push(number);
+            }
+        }
+        numbers.sort_unstable();
+        let mut state = State::default();
+        let last = numbers.last().copied();
+        for &number in &numbers {
+            let path = segment_path(dir, number);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let bytes = fs::read(&path)?;
+            state.segments.insert(
+                number,
+                Segment {
+                    file: Arc::new(file),
+                    size: 0,
+                    live: 0,
+                },
+            );
+            let good = Self::replay(&mut state, number, &bytes);
+            if good < bytes.len() as u64 {
+                if Some(number) != last {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: damaged record at byte {good} of a sealed segment",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    kept = good,
+                    dropped = bytes.len() as u64 - good,
+                    "cutting an unfinished write off the log engine's active segment"
+                );
+                let file = &state.segments[&number].file;
+                file.set_len(good)?;
+                file.sync_all()?;
+            }
+            state.segments.get_mut(&number).expect("inserted").size = good;
+        }
+        let (segment, file, len) = match state.segments.iter().next_back() {
+            Some((&number, s)) => (number, s.file.clone(), s.size),
+            None => {
+                let file = Arc::new(Self::create_segment(dir, 1)?);
+                state.segments.insert(
+                    1,
+                    Segment {
+                        file: file.clone(),
+                        size: 0,
+                        live: 0,
+                    },
+                );
+                (1, file, 0)
+            }
+        };
+        Ok(Self {
+            dir: dir.to_owned(),
+            segment_bytes: segment_bytes.max(1),
+            writer: Mutex::new(Writer {
+                file,
+                segment,
+                len,
+                failed: None,
+            }),
+            state: RwLock::new(state),
+            _lock: lock,
+        })
+    }
+
+    /// Applies the whole records of one segment to the index; returns the length they span.
+    fn replay(state: &mut State, segment: u64, bytes: &[u8]) -> u64 {
+        let mut at = 0usize;
+        while let Some(header) = bytes.get(at..at + HEADER) {
+            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+                break;
+            };
+            if crc32fast::hash(payload) != crc {
+                break;
+            }
+            let Some(placed) = decode(payload, 0) else {
+                break;
+            };
+            state.apply(segment, (at + HEADER) as u64, &placed);
+            at += HEADER + len;
+        }
+        at as u64
+    }
+
+    fn create_segment(dir: &Path, number: u64) -> Result<File, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(segment_path(dir, number))?;
+        sync_dir(dir)?;
+        Ok(file)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `record` to the active segment (and syncs it when asked); returns where it
+    /// starts. A failed append is cut off again; a failed sync stops the writer.
+    fn append(&self, w: &mut Writer, record: &[u8], sync: bool) -> Result<u64, StoreError> {
+        if let Some(why) = &w.failed {
+            return Err(StoreError::Engine(format!(
+                "the log engine stopped writing after an earlier failure: {why}"
+            )));
+        }
+        let start = w.len;
+        if let Err(e) = w.file.write_all_at(record, start) {
+            if let Err(cut) = w.file.set_len(start) {
+                w.failed = Some(format!(
+                    "append failed ({e}) and could not be cut off ({cut})"
+                ));
+            }
+            return Err(e.into());
+        }
+        w.len += record.len() as u64;
+        if sync {
+            self.sync(w)?;
+        }
+        Ok(start)
+    }
+
+    fn sync(&self, w: &mut Writer) -> Result<(), StoreError> {
+        if let Some(why) = &w.failed {
+            return Err(StoreError::Engine(format!(
+                "the log engine stopped writing after an earlier failure: {why}"
+            )));
+        }
+        w.file.sync_data().map_err(|e| {
+            w.failed = Some(format!("fsync failed: {e}"));
+            StoreError::Io(e)
+        })
+    }
+
+    /// Seals the active segment (synced) and starts the next one.
+    fn seal(&self, w: &mut Writer) -> Result<(), StoreError> {
+        self.sync(w)?;
+        let next = w.segment + 1;
+        let file = Arc::new(Self::create_segment(&self.dir, next)?);
+        self.write_state().segments.insert(
+            next,
+            Segment {
+                file: file.clone(),
+                size: 0,
+                live: 0,
+            },
+        );
+        w.file = file;
+        w.segment = next;
+        w.len = 0;
+        Ok(())
+    }
+
+    /// Compacts the oldest sealed segments while they are worth it (or all when `all`).
+    fn compact_sealed(&self, w: &mut Writer, all: bool) -> Result<(), StoreError> {
+        loop {
+            let (oldest, worth) = {
+                let state = self.read_state();
+                let Some((&oldest, segment)) = state.segments.iter().next() else {
+                    return Ok(());
+                };
+                if oldest == w.segment {
+                    return Ok(());
+                }
+                let sealed: u64 = state
+                    .segments
+                    .iter()
+                    .filter(|(n, _)| **n != w.segment)
+                    .map(|(_, s)| s.size)
+                    .sum();
+                let worth =
+                    all || segment.live == 0 || sealed > 2 * state.live + self.segment_bytes;
+                (oldest, worth)
+            };
+            if !worth {
+                return Ok(());
+            }
+            self.compact_segment(w, oldest)?;
+        }
+    }
+
+    /// Appends the live values of segment `oldest` to the active segment, then deletes it.
+    fn compact_segment(&self, w: &mut Writer, oldest: u64) -> Result<(), StoreError> {
+        let (file, live) = {
+            let state = self.read_state();
+            let file = state.segments[&oldest].file.clone();
+            let mut live = Vec::new();
+            if state.segments[&oldest].live > 0 {
+                for (keyspace, space) in &state.keyspaces {
+                    for (key, loc) in space {
+                        if loc.segment == oldest {
+                            live.push((keyspace.clone(), key.clone(), *loc));
+                        }
+                    }
+                }
+            }
+            (file, live)
+        };
+        if !live.is_empty() {
+            let values = live
+                .iter()
+                .map(|(_, _, loc)| read_value(&file, loc))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (record, placed) = encode(
+                live.iter()
+                    .zip(&values)
+                    .map(|((ks, key, _), value)| (ks.as_str(), key.as_slice(), Some(&value[..]))),
+            )?;
+            let start = self.append(w, &record, true)?;
+            let segment = w.segment;
+            let mut state = self.write_state();
+            state.apply(segment, start, &placed);
+            if let Some(s) = state.segments.get_mut(&segment) {
+                s.size = w.len;
+            }
+        }
+        self.write_state().segments.remove(&oldest);
+        fs::remove_file(segment_path(&self.dir, oldest))?;
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// The number of segment files, for tests and metrics.
+    pub fn segments(&self) -> usize {
+        self.read_state().segments.len()
+    }
+}
+
+impl Engine for LogEngine {
+    fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        validate_keyspace(keyspace)?;
+        let (file, loc) = {
+            let state = self.read_state();
+            let Some(loc) = state.keyspaces.get(keyspace).and_then(|s| s.get(key)) else {
+                return Ok(None);
+            };
+            (state.file(loc)?, *loc)
+        };
+        read_value(&file, &loc).map(Some)
+    }
+
+    fn scan(
+        &self,
+        keyspace: &'static str,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        validate_keyspace(keyspace)?;
+        if limit == 0 || range_is_empty(start, end) {
+            return Ok(Vec::new());
+        }
+        // Where the values lie, under the lock; the reads after it (an open file stays
+        // readable even if compaction deletes it meanwhile).
+        let found = {
+            let state = self.read_state();
+            let Some(space) = state.keyspaces.get(keyspace) else {
+                return Ok(Vec::new());
+            };
+            let range = space.range::<[u8], _>((start, end));
+            let pick = |(key, loc): (&Vec<u8>, &Loc)| -> Result<_, StoreError> {
+                Ok((key.clone(), state.file(loc)?, *loc))
+            };
+            if reverse {
+                range
+                    .rev()
+                    .take(limit)
+                    .map(pick)
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                range.take(limit).map(pick).collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        found
+            .into_iter()
+            .map(|(key, file, loc)| Ok((key, read_value(&file, &loc)?)))
+            .collect()
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
+        batch.validate()?;
+        let sync = durability == Durability::Immediate;
+        let mut w = self.writer();
+        if batch.is_empty() {
+            return if sync { self.sync(&mut w) } else { Ok(()) };
+        }
+        let (record, placed) = encode(batch.ops().iter().map(|op| match op {
+            Op::Put {
+                keyspace,
+                key,
+                value,
+            } => (*keyspace, key.as_slice(), Some(value.as_slice())),
+            Op::Delete { keyspace, key } => (*keyspace, key.as_slice(), None),
+        }))?;
+        let start = self.append(&mut w, &record, sync)?;
+        {
+            let mut state = self.write_state();
+            state.apply(w.segment, start, &placed);
+            if let Some(s) = state.segments.get_mut(&w.segment) {
+                s.size = w.len;
+            }
+        }
+        if w.len >= self.segment_bytes {
+            self.seal(&mut w)?;
+            self.compact_sealed(&mut w, false)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut w = self.writer();
+        self.sync(&mut w)
+    }
+
+    fn space(&self) -> Result<Space, StoreError> {
+        let live_bytes = self.read_state().live;
+        Ok(Space {
+            disk_bytes: disk_usage(&self.dir)?,
+            live_bytes,
+        })
+    }
+
+    fn compact(&self) -> Result<(), StoreError> {
+        let mut w = self.writer();
+        if w.len > 0 {
+            self.seal(&mut w)?;
+        }
+        self.compact_sealed(&mut w, true)
+    }
+}
+
+impl Drop for LogEngine {
+    fn drop(&mut self) {
+        // Deferred writes are in the page cache already; make them durable on a clean close.
+        let mut w = self.writer();
+        if let Err(error) = self.sync(&mut w) {
+            tracing::warn!(%error, dir = %self.dir.display(), "syncing the log engine on close");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::TempDir;
+
+    fn put(engine: &LogEngine, key: &[u8], value: &[u8], durability: Durability) {
+        let mut batch = Batch::new();
+        batch.put("ks", key.to_vec(), value.to_vec());
+        engine.write(batch, durability).expect("write");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_earlier_records_survive() {
+        let dir = TempDir::new("log-torn");
+        {
+            let engine = LogEngine::open(dir.path()).unwrap();
+            put(&engine, b"a", b"one", Durability::Immediate);
+            put(&engine, b"b", b"two", Durability::Immediate);
+        }
+        let path = segment_path(dir.path(), 1);
+        let len = fs::metadata(&path).unwrap().len();
+        // Half of a third record: a header promising more bytes than follow.
+        let file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 2], len)
+            .unwrap();
+        drop(file);
+        let engine = LogEngine::open(dir.path()).unwrap();
+        assert_eq!(
+            engine.get("ks", b"a").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            engine.get("ks", b"b").unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            len,
+            "the torn tail is cut off"
+        );
+        put(&engine, b"c", b"three", Durability::Immediate);
+        drop(engine);
+        let engine = LogEngine::open(dir.path()).unwrap();
+        assert_eq!(
+            engine.get("ks", b"c").unwrap().as_deref(),
+            Some(&b"three"[..])
+        );
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_replay_of_the_active_segment() {
+        let dir = TempDir::new("log-crc");
+        {
+            let engine = LogEngine::open(dir.path()).unwrap();
+            put(&engine, b"a", b"one", Durability::Immediate);
+            put(&engine, b"b", b"two", Durability::Immediate);
+        }
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&path, &bytes).unwrap();
+        let engine = LogEngine::open(dir.path()).unwrap();
+        assert_eq!(
+            engine.get("ks", b"a").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            engine.get("ks", b"b").unwrap(),
+            None,
+            "a record failing its CRC is not applied"
+        );
+    }
+
+    #[test]
+    fn damage_in_a_sealed_segment_is_reported() {
+        let dir = TempDir::new("log-sealed");
+        {
+            let engine = LogEngine::open_with(dir.path(), 64).unwrap();
+            for i in 0..8u8 {
+                put(&engine, &[i], &[i; 40], Durability::Immediate);
+            }
+            assert!(engine.segments() > 1);
+        }
+        let first = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .min()
+            .unwrap();
+        let mut bytes = fs::read(&first).unwrap();
+        bytes[HEADER + 2] ^= 1;
+        fs::write(&first, &bytes).unwrap();
+        match LogEngine::open_with(dir.path(), 64) {
+            Err(StoreError::Corrupt(msg)) => assert!(msg.contains("sealed segment"), "{msg}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a damaged sealed segment opened"),
+        }
+    }
+
+    #[test]
+    fn segments_holding_nothing_live_are_deleted_as_the_log_moves_on() {
+        let dir = TempDir::new("log-purge");
+        let engine = LogEngine::open_with(dir.path(), 4096).unwrap();
+        // A Raft-log-like pattern: append entries, delete the old ones.
+        for i in 0u64..2000 {
+            let mut batch = Batch::new();
+            batch.put("log", i.to_be_bytes().to_vec(), vec![7u8; 100]);
+            if i >= 50 {
+                batch.delete("log", (i - 50).to_be_bytes().to_vec());
+            }
+            engine.write(batch, Durability::Deferred).unwrap();
+        }
+        assert!(
+            engine.segments() <= 6,
+            "{} segments for ~6 KiB of live data",
+            engine.segments()
+        );
+        let space = engine.space().unwrap();
+        assert_eq!(space.live_bytes, 50 * (8 + 100));
+        drop(engine);
+        let engine = LogEngine::open_with(dir.path(), 4096).unwrap();
+        let all = engine
+            .scan("log", Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+            .unwrap();
+        let keys: Vec<u64> = all
+            .iter()
+            .map(|(k, _)| u64::from_be_bytes(k[..].try_into().unwrap()))
+            .collect();
+        assert_eq!(keys, (1950..2000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn copying_live_values_forward_never_revives_a_deleted_key() {
+        let dir = TempDir::new("log-revive");
+        let engine = LogEngine::open_with(dir.path(), 1024).unwrap();
+        put(&engine, b"keep", &[1; 200], Durability::Deferred);
+        put(&engine, b"gone", &[2; 200], Durability::Deferred);
+        for round in 0..50u8 {
+            put(&engine, b"churn", &[round; 300], Durability::Deferred);
+            if round == 10 {
+                let mut batch = Batch::new();
+                batch.delete("ks", b"gone".to_vec());
+                engine.write(batch, Durability::Deferred).unwrap();
+            }
+        }
+        engine.compact().unwrap();
+        assert_eq!(engine.segments(), 1, "everything live sits in one segment");
+        drop(engine);
+        let engine = LogEngine::open_with(dir.path(), 1024).unwrap();
+        assert_eq!(engine.get("ks", b"keep").unwrap(), Some(vec![1; 200]));
+        assert_eq!(engine.get("ks", b"gone").unwrap(), None);
+        assert_eq!(engine.get("ks", b"churn").unwrap(), Some(vec![49; 300]));
+        let live = engine.space().unwrap().live_bytes;
+        let on_disk: u64 = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert_eq!(live, 4 + 200 + 5 + 300);
+        assert!(
+            on_disk < 2 * live,
+            "{on_disk} bytes of segments for {live} live bytes"
+        );
+    }
+
+    #[test]
+    fn a_second_opener_is_refused() {
+        let dir = TempDir::new("log-lock");
+        let _engine = LogEngine::open(dir.path()).unwrap();
+        match LogEngine::open(dir.path()) {
+            Err(StoreError::Engine(msg)) => assert!(msg.contains("in use"), "{msg}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("opened twice"),
+        }
+    }
+}

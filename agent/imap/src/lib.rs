@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod command_scope;
 pub mod harness;
 pub mod limits;
 pub mod memory;

@@ -377,7 +377,9 @@ impl<B: Backend> Session<B> {
     ) -> Outcome {
         let tag = command.tag.clone();
         let mut text = String::from("completed");
-        match self.dispatch(command, out, &mut text).await {
+        // One command: reads in it may share the freshness a barrier gave the first of them.
+        let result = crate::command_scope::in_command(self.dispatch(command, out, &mut text)).await;
+        match result {
             Ok(outcome) => {
                 if outcome == Outcome::Continue
                     || outcome == Outcome::Logout
@@ -1579,9 +1581,8 @@ impl<B: Backend> Session<B> {
         let code = if pairs.is_empty() {
             String::new()
         } else {
-            let src: Vec<String> = pairs.iter().map(|p| p.0.to_string()).collect();
-            let dst: Vec<String> = pairs.iter().map(|p| p.1.to_string()).collect();
-            format!("[COPYUID {validity} {} {}] ", src.join(","), dst.join(","))
+            let (src, dst) = copyuid_sets(&pairs);
+            format!("[COPYUID {validity} {src} {dst}] ")
         };
         if remove {
             out.extend_from_slice(format!("* OK {code}Moved\r\n").as_bytes());
@@ -2179,8 +2180,53 @@ fn fetch_item(
     Ok(())
 }
 
+/// COPYUID's source and destination UID sets (RFC 4315), pair by pair in the same order, with
+/// every run that climbs by one on both sides written as one range: copying a whole mailbox of
+/// 100,000 messages answers `1:100000 …` rather than a megabyte of single UIDs.
+fn copyuid_sets(pairs: &[(u32, u32)]) -> (String, String) {
+    let (mut src, mut dst) = (String::new(), String::new());
+    let mut i = 0;
+    while i < pairs.len() {
+        let mut j = i;
+        while j + 1 < pairs.len()
+            && pairs[j + 1].0 == pairs[j].0.wrapping_add(1)
+            && pairs[j + 1].1 == pairs[j].1.wrapping_add(1)
+        {
+            j += 1;
+        }
+        if !src.is_empty() {
+            src.push(',');
+            dst.push(',');
+        }
+        if i == j {
+            src.push_str(&pairs[i].0.to_string());
+            dst.push_str(&pairs[i].1.to_string());
+        } else {
+            src.push_str(&format!("{}:{}", pairs[i].0, pairs[j].0));
+            dst.push_str(&format!("{}:{}", pairs[i].1, pairs[j].1));
+        }
+        i = j + 1;
+    }
+    (src, dst)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn copyuid_sets_write_runs_as_ranges() {
+        let pairs = [(1, 10), (2, 11), (3, 12), (5, 13), (6, 20), (7, 21), (9, 8)];
+        assert_eq!(
+            copyuid_sets(&pairs),
+            ("1:3,5,6:7,9".to_owned(), "10:12,13,20:21,8".to_owned())
+        );
+        let whole: Vec<(u32, u32)> = (1..=100_000).map(|u| (u, u + 100_000)).collect();
+        assert_eq!(
+            copyuid_sets(&whole),
+            ("1:100000".to_owned(), "100001:200000".to_owned())
+        );
+        assert_eq!(copyuid_sets(&[(4, 4)]), ("4".to_owned(), "4".to_owned()));
+    }
+
     use super::*;
     use crate::limits::Limits;
     use crate::memory::MemoryBackend;

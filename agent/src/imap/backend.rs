@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use tern_imap::backend::{ChangePage, MessageChange};
+use tern_imap::command_scope;
 use tern_imap::{
     Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
     MessageMeta, SpecialUse, StoreOutcome,
@@ -86,11 +87,16 @@ impl StoreBackend {
         f: impl FnOnce(&MailReader<'_>, &str) -> Result<T, ReadError> + Send + 'static,
     ) -> BackendResult<T> {
         let shard = shard_of(&self.host, &account.name)?;
-        retrying(self.deadline(), || {
-            self.barriers.pass(shard, || self.host.read_barrier(shard))
-        })
-        .await
-        .map_err(unavailable)?;
+        // A barrier passed earlier in this IMAP command already covers everything
+        // acknowledged before the command began (see `tern_imap::command_scope`).
+        if !command_scope::is_fresh(u64::from(shard)) {
+            retrying(self.deadline(), || {
+                self.barriers.pass(shard, || self.host.read_barrier(shard))
+            })
+            .await
+            .map_err(unavailable)?;
+            command_scope::mark_fresh(u64::from(shard));
+        }
         let engine = self.host.engine().clone();
         let address = account.name.clone();
         tokio::task::spawn_blocking(move || f(&MailReader::new(engine.as_ref(), shard), &address))
@@ -130,6 +136,8 @@ impl StoreBackend {
         repeatable: bool,
     ) -> BackendResult<Reply> {
         let shard = shard_of(&self.host, &account.name)?;
+        // The command's later reads must see this write: they pass a barrier again.
+        command_scope::forget(u64::from(shard));
         let kind = command.kind();
         let bytes = command.encode();
         let deadline = self.deadline();

@@ -93,9 +93,14 @@ async fn the_mixed_workload_runs_every_operation_and_keeps_mailboxes_consistent(
             kind.name()
         );
     }
-    // One login, select and logout per session (the last may fall outside the window).
+    // One login per session, give or take one per user at each edge of the window (a session
+    // connected before the window may log in inside it, and one connected at its end may not).
     let logins = report.kind(Kind::Login).latencies.len() as u64;
-    assert!(logins + 24 >= report.sessions && logins <= report.sessions);
+    assert!(
+        logins.abs_diff(report.sessions) <= 2 * 24,
+        "{logins} logins in {} sessions",
+        report.sessions
+    );
     assert!(report.ops() as f64 / 2.0 - report.ops_per_second() < 1e-6);
     // Message data was really read: at least one body of at least 2 KiB per body fetch.
     assert!(

@@ -26,12 +26,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tern_agent::admin::AdminClient;
-use tern_agent::dev::Endpoints;
-use tern_crds::Assignment;
-
 use client::{Endpoint, Trust};
 use workload::{Kind, Report, Workload, percentile};
+
+use crate::local::LocalCluster;
 
 const TERN_DOMAIN: &str = "bench.test";
 const TERN_PASSWORD: &str = "imap-bench-password";
@@ -216,50 +214,19 @@ async fn run(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// `tern-agent` from the same build as this binary.
-fn agent_binary() -> PathBuf {
-    std::env::current_exe()
-        .map(|me| me.with_file_name("tern-agent"))
-        .unwrap_or_else(|_| PathBuf::from("tern-agent"))
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 async fn run_tern(o: &Options, max_users: usize) -> Result<Vec<Report>, String> {
-    let dir = o.dir.join("tern");
-    let status = Command::new(agent_binary())
-        .args(["dev", "--nodes", "3", "--detach", "--dir"])
-        .arg(&dir)
-        .args(["--base-port", &o.base_port.to_string()])
-        .env("RUST_LOG", "warn")
-        .status()
-        .map_err(|e| format!("starting {}: {e}", agent_binary().display()))?;
-    if !status.success() {
-        return Err("tern-agent dev did not start the cluster".into());
-    }
-    let result = tern_phase(o, &dir, max_users).await;
-    let _ = Command::new(agent_binary())
-        .args(["dev", "--stop", "--dir"])
-        .arg(&dir)
-        .status();
-    result
+    let cluster = LocalCluster::start(&o.dir.join("tern"), o.base_port, &[])?;
+    tern_phase(o, &cluster, max_users).await
 }
 
-async fn tern_phase(o: &Options, dir: &Path, max_users: usize) -> Result<Vec<Report>, String> {
-    let endpoints: Endpoints = read_json(&dir.join("endpoints.json"))?;
-    let assignment: Assignment = read_json(&dir.join("assignment.json"))?;
+async fn tern_phase(
+    o: &Options,
+    cluster: &LocalCluster,
+    max_users: usize,
+) -> Result<Vec<Report>, String> {
+    let (endpoints, assignment, admin) = (&cluster.endpoints, &cluster.assignment, &cluster.admin);
     let ca = std::fs::read(&endpoints.admin.ca_file)
         .map_err(|e| format!("{}: {e}", endpoints.admin.ca_file.display()))?;
-    let admin = AdminClient::new(
-        &endpoints.admin.url,
-        &endpoints.admin.user,
-        &endpoints.admin.password,
-        Some(&ca),
-    )
-    .map_err(|e| e.to_string())?;
     admin
         .create_domain(TERN_DOMAIN)
         .await

@@ -4,3 +4,7 @@
 
 /// `tern-bench imap`: the IMAP load generator and the Tern/Dovecot comparison.
 pub mod imap_bench;
+/// The local cluster every benchmark runs against.
+pub mod local;
+/// `tern-bench smtp`: smtp-source against Tern and against Postfix → Dovecot.
+pub mod smtp_bench;

@@ -25,13 +25,11 @@
 //! Usage: `tern-bench smtp [--dir DIR] [--base-port P] [--messages N] [--sessions 8,32]
 //! [--sizes 1024,65536] [--targets tern,reference] [--keep]`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tern_agent::admin::AdminClient;
-use tern_agent::dev::Endpoints;
-use tern_crds::Assignment;
+use crate::local::{LocalCluster, log_file};
 
 const USAGE: &str = "usage: tern-bench smtp [--dir DIR] [--base-port P] [--messages N] [--sessions 8,32] [--sizes 1024,65536] [--targets tern,reference] [--keep]";
 /// Tern's mail domain in the benchmark.
@@ -185,13 +183,6 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// `tern-agent` from the same build as this binary.
-fn agent_binary() -> PathBuf {
-    std::env::current_exe()
-        .map(|me| me.with_file_name("tern-agent"))
-        .unwrap_or_else(|_| PathBuf::from("tern-agent"))
-}
-
 /// Whether `program` is on the PATH.
 fn installed(program: &str) -> bool {
     Command::new("sh")
@@ -256,9 +247,7 @@ fn peer_stack() -> Result<PathBuf, String> {
 
 /// A local Tern cluster, stopped when dropped.
 struct TernCluster {
-    _stop: StopTern,
-    admin: AdminClient,
-    assignment: Assignment,
+    local: LocalCluster,
     /// Node 0's SMTP listener.
     smtp: String,
 }
@@ -269,54 +258,17 @@ impl TernCluster {
         base_port: u16,
         dns: std::net::SocketAddr,
     ) -> Result<TernCluster, String> {
-        // Into a file, not a pipe: the agents it leaves running inherit it.
-        let log_path = dir.with_extension("log");
-        let status = Command::new(agent_binary())
-            .args(["dev", "--nodes", "3", "--detach", "--dir"])
-            .arg(&dir)
-            .args(["--base-port", &base_port.to_string()])
-            .env("RUST_LOG", "warn")
-            .env("TERN_DNS_SERVERS", dns.to_string())
-            .stdin(Stdio::null())
-            .stdout(log_file(&log_path)?)
-            .stderr(log_file(&log_path)?)
-            .status()
-            .map_err(|e| format!("starting {}: {e}", agent_binary().display()))?;
-        // From here on the agents may run: stop them whatever happens next.
-        let stop = StopTern(dir);
-        if !status.success() {
-            return Err(format!(
-                "tern-agent dev did not start the cluster: {}",
-                std::fs::read_to_string(&log_path)
-                    .unwrap_or_default()
-                    .trim()
-            ));
-        }
-        let endpoints: Endpoints = read_json(&stop.0.join("endpoints.json"))?;
-        let assignment: Assignment = read_json(&stop.0.join("assignment.json"))?;
-        let ca = std::fs::read(&endpoints.admin.ca_file)
-            .map_err(|e| format!("{}: {e}", endpoints.admin.ca_file.display()))?;
-        let admin = AdminClient::new(
-            &endpoints.admin.url,
-            &endpoints.admin.user,
-            &endpoints.admin.password,
-            Some(&ca),
-        )
-        .map_err(|e| e.to_string())?;
-        let smtp = endpoints
+        let local = LocalCluster::start(&dir, base_port, &[("TERN_DNS_SERVERS", dns.to_string())])?;
+        let smtp = local
+            .endpoints
             .nodes
             .first()
             .map(|n| n.smtp.clone())
             .filter(|s| !s.is_empty())
             .ok_or("endpoints.json lists no SMTP listener")?;
-        let cluster = TernCluster {
-            _stop: stop,
-            admin,
-            assignment,
-            smtp,
-        };
+        let cluster = TernCluster { local, smtp };
         retry("creating the domain", async || {
-            match cluster.admin.create_domain(TERN_DOMAIN).await {
+            match cluster.local.admin.create_domain(TERN_DOMAIN).await {
                 Err(e) if e.status() == Some(409) => Ok(()),
                 other => other,
             }
@@ -327,13 +279,17 @@ impl TernCluster {
 
     /// A new account for `local`, on the same shard as every other the benchmark makes.
     async fn account(&self, local: &str) -> Result<String, String> {
-        let shard = self.assignment.shard_of(&format!("bench@{TERN_DOMAIN}"));
+        let shard = self
+            .local
+            .assignment
+            .shard_of(&format!("bench@{TERN_DOMAIN}"));
         let address = (0..10_000)
             .map(|n| format!("{local}-{n}@{TERN_DOMAIN}"))
-            .find(|a| self.assignment.shard_of(a) == shard)
+            .find(|a| self.local.assignment.shard_of(a) == shard)
             .ok_or("no address on the benchmark's shard")?;
         retry(&format!("creating {address}"), async || {
             match self
+                .local
                 .admin
                 .create_account(&address, "bench-password", None)
                 .await
@@ -349,6 +305,7 @@ impl TernCluster {
     /// Checks that `address`'s INBOX holds `expected` messages, each Message-ID once.
     async fn verify(&self, address: &str, expected: usize) -> Result<(), String> {
         let messages = self
+            .local
             .admin
             .all_messages(address, "INBOX")
             .await
@@ -363,19 +320,6 @@ impl TernCluster {
             ));
         }
         Ok(())
-    }
-}
-
-/// Stops the agents of a detached local cluster when dropped.
-struct StopTern(PathBuf);
-
-impl Drop for StopTern {
-    fn drop(&mut self) {
-        let _ = Command::new(agent_binary())
-            .args(["dev", "--stop", "--dir"])
-            .arg(&self.0)
-            .stdout(Stdio::null())
-            .status();
     }
 }
 
@@ -613,7 +557,7 @@ async fn run(o: &Options) -> Result<(), String> {
     if let Some(t) = &tern {
         println!(
             "  tern:      3 agents, {} shards, replication factor 3; SMTP on node 0 ({}); 250 = committed on a majority;\n             SPF/DKIM/DMARC lookups answered NXDOMAIN by a local DNS responder",
-            t.assignment.shards.len(),
+            t.local.assignment.shards.len(),
             t.smtp
         );
     }
@@ -685,20 +629,6 @@ async fn run(o: &Options) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `path` opened for appending (created when missing), for a child's output.
-fn log_file(path: &Path) -> Result<std::fs::File, String> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Runs `attempt` until it succeeds, retrying temporary errors (a shard electing) for 30 s.

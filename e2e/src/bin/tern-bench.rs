@@ -21,23 +21,18 @@
 //! [--trials N] [--keep]`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tern_agent::admin::AdminClient;
 use tern_agent::dev::Endpoints;
 use tern_agent::pki::LocalPki;
 use tern_agent::rpc::{Network, Refused, RpcKind, RpcResponse, TlsConfig};
-use tern_crds::Assignment;
+use tern_e2e::local::{LocalCluster, agent_binary, read_json};
 use tern_mail::{Command as MailCommand, Reply, decode_response};
 use tern_raft::{Node, NodeId, Request, ShardId};
-
-/// `tern-bench smtp`: SMTP intake with smtp-source, Tern against Postfix → Dovecot.
-#[path = "../smtp_bench.rs"]
-mod smtp_bench;
 
 const BODY_SIZE: usize = 4096;
 const DOMAIN: &str = "bench.test";
@@ -92,7 +87,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("smtp") {
-        std::process::exit(smtp_bench::main(&args[1..]));
+        std::process::exit(tern_e2e::smtp_bench::main(&args[1..]));
     }
     if args.first().map(String::as_str) == Some("imap") {
         std::process::exit(tern_e2e::imap_bench::main(&args[1..]));
@@ -112,10 +107,6 @@ fn main() {
         .build()
         .expect("a runtime");
     let result = runtime.block_on(run(&options));
-    let _ = Command::new(agent_binary())
-        .args(["dev", "--stop", "--dir"])
-        .arg(&options.dir)
-        .status();
     if !options.keep {
         let _ = std::fs::remove_dir_all(&options.dir);
     }
@@ -123,12 +114,6 @@ fn main() {
         eprintln!("tern-bench: {e}");
         std::process::exit(1);
     }
-}
-
-/// `tern-agent` from the same build as this binary.
-fn agent_binary() -> PathBuf {
-    let me = std::env::current_exe().expect("own path");
-    me.with_file_name("tern-agent")
 }
 
 /// The cluster as the benchmark sees it.
@@ -144,32 +129,16 @@ struct Cluster {
 }
 
 async fn run(o: &Options) -> Result<(), String> {
-    let status = Command::new(agent_binary())
-        .args(["dev", "--nodes", "3", "--detach", "--dir"])
-        .arg(&o.dir)
-        .args(["--base-port", &o.base_port.to_string()])
-        .env("RUST_LOG", "warn")
-        .status()
-        .map_err(|e| format!("starting {}: {e}", agent_binary().display()))?;
-    if !status.success() {
-        return Err("tern-agent dev did not start the cluster".into());
-    }
-    let endpoints: Endpoints = read_json(&o.dir.join("endpoints.json"))?;
-    let assignment: Assignment = read_json(&o.dir.join("assignment.json"))?;
-    let pki = LocalPki::load_or_generate(&o.dir.join("pki"), "dev").map_err(|e| e.to_string())?;
+    // Stopped when `run` returns, whatever happened.
+    let local = LocalCluster::start(&o.dir.join("cluster"), o.base_port, &[])?;
+    let (endpoints, assignment, admin) = (&local.endpoints, &local.assignment, &local.admin);
+    let pki =
+        LocalPki::load_or_generate(&local.dir.join("pki"), "dev").map_err(|e| e.to_string())?;
     let (cert, key) = pki
         .issue(&["127.0.0.1".to_owned()])
         .map_err(|e| e.to_string())?;
     let tls = TlsConfig::from_pem(pki.ca_cert_pem.as_bytes(), cert.as_bytes(), key.as_bytes())
         .map_err(|e| e.to_string())?;
-    let ca = std::fs::read(&endpoints.admin.ca_file).map_err(|e| e.to_string())?;
-    let admin = AdminClient::new(
-        &endpoints.admin.url,
-        &endpoints.admin.user,
-        &endpoints.admin.password,
-        Some(&ca),
-    )
-    .map_err(|e| e.to_string())?;
     admin
         .create_domain(DOMAIN)
         .await
@@ -206,7 +175,7 @@ async fn run(o: &Options) -> Result<(), String> {
             .map(|(i, n)| (n.id, i as u32))
             .collect(),
         accounts,
-        dir: o.dir.clone(),
+        dir: local.dir.clone(),
     };
     let cluster = Arc::new(cluster);
     println!(
@@ -277,11 +246,6 @@ async fn proposed(http: &[String]) -> (u64, u64) {
         }
     }
     totals
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The `q` quantile in milliseconds of sorted durations.

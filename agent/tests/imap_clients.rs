@@ -21,9 +21,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, Options, create_domain_retrying, run, strings, tools};
+use common::{
+    Cluster, Options, create_account_retrying, create_domain_retrying, run, strings, tools,
+};
 use tern_agent::pki::LocalPki;
 
 const DOMAIN: &str = "example.test";
@@ -212,17 +214,10 @@ async fn mbsync_fetchmail_and_mutt_over_imaps() {
     );
     for user in ["sync", "fetch", "mutt"] {
         let address = format!("{user}@{DOMAIN}");
-        let started = Instant::now();
-        loop {
-            match admin.create_account(&address, PASSWORD, None).await {
-                Ok(()) => break,
-                Err(e) if e.status() == Some(409) => break,
-                Err(e) if e.is_temporary() && started.elapsed() < Duration::from_secs(30) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => cluster.fail(&format!("creating {address}: {e}")),
-            }
-        }
+        cluster.check(
+            create_account_retrying(&admin, &address, PASSWORD, Duration::from_secs(30)).await,
+            &format!("creating {address}"),
+        );
     }
     let work = cluster.dir().join("clients");
     std::fs::create_dir_all(&work).unwrap();

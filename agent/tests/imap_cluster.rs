@@ -11,9 +11,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, Options, create_domain_retrying, run, strings, tools};
+use common::{
+    Cluster, Options, create_account_retrying, create_domain_retrying, run, strings, tools,
+};
 
 const DOMAIN: &str = "example.test";
 const ADDRESS: &str = "reader@example.test";
@@ -205,17 +207,10 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
         create_domain_retrying(&admin, DOMAIN, Duration::from_secs(30)).await,
         "creating the domain",
     );
-    let started = Instant::now();
-    loop {
-        match admin.create_account(ADDRESS, PASSWORD, None).await {
-            Ok(()) => break,
-            Err(e) if e.status() == Some(409) => break,
-            Err(e) if e.is_temporary() && started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => cluster.fail(&format!("creating {ADDRESS}: {e}")),
-        }
-    }
+    cluster.check(
+        create_account_retrying(&admin, ADDRESS, PASSWORD, Duration::from_secs(30)).await,
+        &format!("creating {ADDRESS}"),
+    );
     let addr = |i: usize, kind: &str| cluster.mail_addr(i, kind).to_string();
 
     // (a) Delivered on node 0, read and flagged on node 1, the flag seen on node 2.

@@ -18,9 +18,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, Options, create_domain_retrying, run, strings, tools};
+use common::{
+    Cluster, Options, create_account_retrying, create_domain_retrying, run, strings, tools,
+};
 
 const DOMAIN: &str = "example.test";
 const ADDRESS: &str = "proxied@example.test";
@@ -229,17 +231,10 @@ async fn a_node_without_the_shard_relays_sessions_to_a_live_replica() {
         create_domain_retrying(&admin, DOMAIN, Duration::from_secs(30)).await,
         "creating the domain",
     );
-    let started = Instant::now();
-    loop {
-        match admin.create_account(ADDRESS, PASSWORD, None).await {
-            Ok(()) => break,
-            Err(e) if e.status() == Some(409) => break,
-            Err(e) if e.is_temporary() && started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => cluster.fail(&format!("creating {ADDRESS}: {e}")),
-        }
-    }
+    cluster.check(
+        create_account_retrying(&admin, ADDRESS, PASSWORD, Duration::from_secs(30)).await,
+        &format!("creating {ADDRESS}"),
+    );
     let addr = |i: usize, kind: &str| cluster.mail_addr(i, kind).to_string();
 
     // (a) One whole session on node 3, against the capabilities of one on a replica.

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Options, create_domain_retrying, run, skip_or_fail, strings, tools};
+use common::{
+    Cluster, Options, create_account_retrying, create_domain_retrying, run, skip_or_fail, strings,
+    tools,
+};
 use tern_agent::admin::MessageInfo;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -54,17 +57,10 @@ async fn directory(cluster: &Cluster, accounts: &[String]) {
         "creating the domain",
     );
     for address in accounts {
-        let started = Instant::now();
-        loop {
-            match admin.create_account(address, PASSWORD, None).await {
-                Ok(()) => break,
-                Err(e) if e.status() == Some(409) => break,
-                Err(e) if e.is_temporary() && started.elapsed() < Duration::from_secs(30) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => cluster.fail(&format!("creating {address}: {e}")),
-            }
-        }
+        cluster.check(
+            create_account_retrying(&admin, address, PASSWORD, Duration::from_secs(30)).await,
+            &format!("creating {address}"),
+        );
     }
 }
 

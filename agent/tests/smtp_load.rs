@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Options, create_domain_retrying, tools};
+use common::{Cluster, Options, create_account_retrying, create_domain_retrying, tools};
 
 const DOMAIN: &str = "load.test";
 const PASSWORD: &str = "correct horse battery staple";
@@ -210,17 +210,10 @@ async fn smtp_source_messages_acknowledged_across_a_leader_kill_are_stored_once(
         "creating the domain",
     );
     let recipient = format!("load@{DOMAIN}");
-    let started = Instant::now();
-    loop {
-        match admin.create_account(&recipient, PASSWORD, None).await {
-            Ok(()) => break,
-            Err(e) if e.status() == Some(409) => break,
-            Err(e) if e.is_temporary() && started.elapsed() < Duration::from_secs(30) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => cluster.fail(&format!("creating {recipient}: {e}")),
-        }
-    }
+    cluster.check(
+        create_account_retrying(&admin, &recipient, PASSWORD, Duration::from_secs(30)).await,
+        &format!("creating {recipient}"),
+    );
     let shard = cluster
         .assignment()
         .shard_of(&recipient)

@@ -997,6 +997,27 @@ pub async fn create_domain_retrying(
     }
 }
 
+/// Creates account `address`, retrying while the shard is not ready (temporary errors) for up
+/// to `within`; an account that already exists (a retried create that had landed) counts.
+pub async fn create_account_retrying(
+    client: &AdminClient,
+    address: &str,
+    password: &str,
+    within: Duration,
+) -> Result<(), tern_agent::admin::ClientError> {
+    let started = Instant::now();
+    loop {
+        match client.create_account(address, password, None).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.status() == Some(409) => return Ok(()),
+            Err(e) if e.is_temporary() && started.elapsed() < within => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Whether every program (and check) a test needs is there: `needed` holds a name and a
 /// shell check for each. When one is missing: fails in CI (`CI` set), else says so and
 /// returns false (the test returns).

@@ -31,6 +31,7 @@ impl Application for MailApp {
     fn apply(
         &self,
         shard: ShardId,
+        index: u64,
         engine: &dyn Engine,
         batch: &mut Batch,
         entry: &[u8],
@@ -40,7 +41,7 @@ impl Application for MailApp {
         let Some(commands) = decode_group(entry) else {
             return Ok(encode_group::<&[u8]>(&[]));
         };
-        let outcomes = self.0.apply_many(shard, engine, batch, &commands)?;
+        let outcomes = self.0.apply_many(shard, index, engine, batch, &commands)?;
         Ok(encode_group(&outcomes))
     }
 }

@@ -125,6 +125,17 @@ pub struct MessageMeta {
     pub modseq: u64,
 }
 
+/// One message of a MULTIAPPEND ([`Backend::append_many`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendItem {
+    /// Flags and keywords as written on the wire.
+    pub flags: Vec<String>,
+    /// Internal date, seconds since the Unix epoch (UTC).
+    pub internal_date: i64,
+    /// The raw message.
+    pub message: Vec<u8>,
+}
+
 /// How STORE changes flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlagOp {
@@ -162,6 +173,15 @@ pub struct ChangePage {
     pub changes: Vec<MessageChange>,
     /// `(modseq, uid)` to continue after when the page was cut short.
     pub next: Option<(u64, u32)>,
+}
+
+/// An account's quota (RFC 9208): for each resource with a limit, `(usage, limit)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// STORAGE, in octets (the sum of the account's message sizes).
+    pub storage: Option<(u64, u64)>,
+    /// MESSAGE: the number of the account's messages.
+    pub messages: Option<(u64, u64)>,
 }
 
 /// What the engine needs from the agent. Mailbox names are the decoded full names.
@@ -260,6 +280,11 @@ pub trait Backend: Send + Sync + 'static {
         std::future::ready(Ok(None))
     }
 
+    /// The account's quota: one root (`""`) for all its mailboxes. Default: no limits.
+    fn quota(&self, _account: &Account) -> impl Future<Output = BackendResult<Quota>> + Send {
+        std::future::ready(Ok(Quota::default()))
+    }
+
     /// Appends a message; returns `(uid_validity, uid)` (for APPENDUID).
     fn append(
         &self,
@@ -269,6 +294,42 @@ pub trait Backend: Send + Sync + 'static {
         internal_date: i64,
         message: Vec<u8>,
     ) -> impl Future<Output = BackendResult<(u32, u32)>> + Send;
+
+    /// Whether [`Backend::append_many`] works (the session then offers MULTIAPPEND).
+    fn supports_append_many(&self) -> bool {
+        false
+    }
+
+    /// Appends the messages in order, all of them or none (RFC 3502 MULTIAPPEND); returns
+    /// the mailbox's UIDVALIDITY and the new UIDs in the messages' order. Default: refused.
+    fn append_many(
+        &self,
+        _account: &Account,
+        _mailbox: &str,
+        _messages: Vec<AppendItem>,
+    ) -> impl Future<Output = BackendResult<(u32, Vec<u32>)>> + Send {
+        std::future::ready(Err(BackendError::Refused(
+            "[CANNOT] This server appends one message per APPEND".into(),
+        )))
+    }
+
+    /// The names the account subscribed to, whether or not the mailboxes exist (a mailbox
+    /// deleted after it was subscribed stays subscribed, RFC 9051 §6.3.5). Default: the
+    /// subscribed mailboxes [`Backend::list`] returns.
+    fn subscriptions(
+        &self,
+        account: &Account,
+    ) -> impl Future<Output = BackendResult<Vec<String>>> + Send {
+        async move {
+            Ok(self
+                .list(account)
+                .await?
+                .into_iter()
+                .filter(|m| m.subscribed)
+                .map(|m| m.name)
+                .collect())
+        }
+    }
 
     /// Changes flags of the messages `uids`; with `unchanged_since`, only those whose
     /// modseq is not above it.

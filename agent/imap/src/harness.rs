@@ -18,9 +18,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imap_codec::imap_types::IntoStatic;
 use imap_codec::imap_types::auth::AuthenticateData;
-use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use imap_codec::{AuthenticateDataCodec, IdleDoneCodec};
 
 use crate::limits::Limits;
 use crate::memory::MemoryBackend;
@@ -47,6 +46,7 @@ const LOGGED_IN: &[u8] = b"h1 LOGIN alice secret\r\nh2 SELECT INBOX\r\n";
 pub fn small_limits() -> Limits {
     Limits {
         max_literal: 2048,
+        max_command_bytes: 4096,
         max_line: 1024,
         max_errors: 8,
         ..Limits::default()
@@ -196,21 +196,31 @@ async fn step(
             )
             .await
         }
-        _ => match framer.frag.decode_message(&CommandCodec::default()) {
-            Ok(command) => {
-                let command = command.into_static();
-                bounded("a command", session.handle(command, out)).await
-            }
-            Err(_) => {
-                match framer.frag.decode_tag() {
-                    Some(tag) => {
-                        out.extend_from_slice(format!("{} BAD x\r\n", tag.as_ref()).as_bytes())
-                    }
-                    None => out.extend_from_slice(b"* BAD x\r\n"),
+        _ => {
+            // As the server decides: too long or poisoned first, then the decoding.
+            let decoded = if framer.frag.is_max_message_size_exceeded() {
+                Err("[TOOBIG] Command too long".to_string())
+            } else if framer.frag.is_message_poisoned() {
+                Err("Syntax error".to_string())
+            } else {
+                crate::extended::decode(framer.frag.message_bytes())
+            };
+            match decoded {
+                Ok(request) => {
+                    let mut responses = crate::session::Responses::buffered(out);
+                    bounded("a command", session.handle_request(request, &mut responses)).await
                 }
-                Ok(Outcome::Continue)
+                Err(text) => {
+                    match framer.frag.decode_tag() {
+                        Some(tag) => out.extend_from_slice(
+                            format!("{} BAD {text}\r\n", tag.as_ref()).as_bytes(),
+                        ),
+                        None => out.extend_from_slice(format!("* BAD {text}\r\n").as_bytes()),
+                    }
+                    Ok(Outcome::Continue)
+                }
             }
-        },
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! tern-imap: how mail is read in Tern — IMAP4rev1 with the extensions clients rely on.
+//! tern-imap: how mail is read in Tern — IMAP4rev1 and IMAP4rev2 with the extensions clients
+//! rely on.
 //!
 //! Commands are framed and parsed by `imap-codec` (its fragmentizer bounds lines and
 //! literals before they are buffered); the session is a state machine over the typed
@@ -7,6 +8,10 @@
 //!
 //! - [`session`]: states, sequence numbers, every command; [`wire`]: response fragments.
 //! - [`backend`]: the trait and its types; [`memory`]: an in-memory backend for tests.
+//! - [`extended`]: the command syntax the codec lacks (ESEARCH's `RETURN`, SEARCHRES's `$`,
+//!   extended LIST, MULTIAPPEND's APPEND of several messages), taken out before the codec
+//!   decodes the rest; [`mutf7`]: modified UTF-7
+//!   mailbox names, converted to UTF-8 for IMAP4rev2 sessions.
 //! - [`harness`]: drives a session from arbitrary bytes for the fuzz target and the
 //!   corpus test.
 //! - [`mime`]: MIME structure with raw offsets for ENVELOPE, BODYSTRUCTURE, BINARY.
@@ -19,10 +24,12 @@
 
 pub mod backend;
 pub mod command_scope;
+pub mod extended;
 pub mod harness;
 pub mod limits;
 pub mod memory;
 pub mod mime;
+pub mod mutf7;
 pub mod relay;
 pub mod server;
 pub mod session;
@@ -30,8 +37,8 @@ pub mod throttle;
 pub mod wire;
 
 pub use backend::{
-    Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
-    MessageMeta, RelayRequest, RelayStream, SpecialUse, StoreOutcome,
+    Account, AppendItem, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo,
+    MailboxStatus, MessageMeta, Quota, RelayRequest, RelayStream, SpecialUse, StoreOutcome,
 };
 pub use limits::Limits;
 pub use memory::MemoryBackend;

@@ -8,6 +8,11 @@ pub struct Limits {
     /// Largest literal (APPEND message) accepted; a larger announced literal is refused
     /// before its bytes are read.
     pub max_literal: u32,
+    /// Largest total of one command's literals (a MULTIAPPEND's messages together): a
+    /// literal that takes the total past it is refused when announced, as one over
+    /// `max_literal` is. The messages of a MULTIAPPEND become one replicated entry, and
+    /// replication carries entries in frames of at most 64 MiB.
+    pub max_command_bytes: u32,
     /// Largest command line outside literals.
     pub max_line: u32,
     /// Idle time allowed before login.
@@ -34,6 +39,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_literal: 50 * 1024 * 1024,
+            max_command_bytes: 50 * 1024 * 1024,
             max_line: 64 * 1024,
             unauthenticated_timeout: Duration::from_secs(60),
             authenticated_timeout: Duration::from_secs(30 * 60),

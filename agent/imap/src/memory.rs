@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::watch;
 
 use crate::backend::{
-    Account, AuthVerdict, Backend, BackendError, BackendResult, ChangePage, FlagOp, MailboxInfo,
-    MailboxStatus, MessageChange, MessageMeta, SpecialUse, StoreOutcome,
+    Account, AppendItem, AuthVerdict, Backend, BackendError, BackendResult, ChangePage, FlagOp,
+    MailboxInfo, MailboxStatus, MessageChange, MessageMeta, Quota, SpecialUse, StoreOutcome,
 };
 
 #[derive(Clone, Debug)]
@@ -74,6 +74,11 @@ impl Folder {
 struct Accounts {
     passwords: BTreeMap<String, String>,
     folders: BTreeMap<String, BTreeMap<String, Folder>>,
+    /// Storage limits in octets, by account.
+    quotas: BTreeMap<String, u64>,
+    /// Subscriptions whose mailbox was deleted (they stay, as in the replicated store), by
+    /// account.
+    orphans: BTreeMap<String, std::collections::BTreeSet<String>>,
     next_validity: u32,
 }
 
@@ -124,6 +129,12 @@ impl MemoryBackend {
             ),
         ]);
         s.folders.insert(user.into(), folders);
+    }
+
+    /// Limits the account's storage to `bytes` (RFC 9208 STORAGE); APPEND beyond it is
+    /// refused `[OVERQUOTA]`, as the replicated store refuses it.
+    pub fn set_quota(&self, user: &str, bytes: u64) {
+        self.lock().quotas.insert(user.into(), bytes);
     }
 
     /// The most message metadata records one [`Backend::messages`] call returned so far
@@ -235,6 +246,17 @@ fn meta(flags: Vec<String>, internal_date: i64, body: &[u8]) -> MessageMeta {
     }
 }
 
+/// The sum of the sizes of the account's messages.
+fn used_bytes(s: &Accounts, user: &str) -> u64 {
+    s.folders.get(user).map_or(0, |folders| {
+        folders
+            .values()
+            .flat_map(|f| f.messages.values())
+            .map(|m| u64::from(m.meta.size))
+            .sum()
+    })
+}
+
 fn same_flag(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
@@ -290,17 +312,25 @@ impl Backend for MemoryBackend {
             folders.insert(mailbox.into(), Folder::new(*validity, None));
             Ok(())
         })?;
+        // A new mailbox starts subscribed, which covers an old subscription of its name.
+        if let Some(orphans) = self.lock().orphans.get_mut(&account.name) {
+            orphans.remove(mailbox);
+        }
         self.changed();
         Ok(())
     }
 
     async fn delete(&self, account: &Account, mailbox: &str) -> BackendResult<()> {
-        self.with(account, |folders, _| {
-            folders
-                .remove(mailbox)
-                .map(|_| ())
-                .ok_or(BackendError::NoMailbox)
+        let removed = self.with(account, |folders, _| {
+            folders.remove(mailbox).ok_or(BackendError::NoMailbox)
         })?;
+        if removed.subscribed {
+            self.lock()
+                .orphans
+                .entry(account.name.clone())
+                .or_default()
+                .insert(mailbox.to_owned());
+        }
         self.changed();
         Ok(())
     }
@@ -326,10 +356,34 @@ impl Backend for MemoryBackend {
     }
 
     async fn subscribe(&self, account: &Account, mailbox: &str, on: bool) -> BackendResult<()> {
-        self.with_folder(account, mailbox, |f| {
+        // As the store: subscribing needs the mailbox; unsubscribing a deleted one works.
+        let orphan = !on
+            && self
+                .lock()
+                .orphans
+                .get_mut(&account.name)
+                .is_some_and(|names| names.remove(mailbox));
+        match self.with_folder(account, mailbox, |f| {
             f.subscribed = on;
             Ok(())
-        })
+        }) {
+            Err(BackendError::NoMailbox) if orphan => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn subscriptions(&self, account: &Account) -> BackendResult<Vec<String>> {
+        let mut names: Vec<String> = self.with(account, |folders, _| {
+            Ok(folders
+                .iter()
+                .filter(|(_, f)| f.subscribed)
+                .map(|(name, _)| name.clone())
+                .collect())
+        })?;
+        if let Some(orphans) = self.lock().orphans.get(&account.name) {
+            names.extend(orphans.iter().cloned());
+        }
+        Ok(names)
     }
 
     async fn messages(
@@ -359,6 +413,18 @@ impl Backend for MemoryBackend {
         })
     }
 
+    async fn quota(&self, account: &Account) -> BackendResult<Quota> {
+        self.check()?;
+        let s = self.lock();
+        Ok(Quota {
+            storage: s
+                .quotas
+                .get(&account.name)
+                .map(|&limit| (used_bytes(&s, &account.name), limit)),
+            messages: None,
+        })
+    }
+
     async fn append(
         &self,
         account: &Account,
@@ -367,9 +433,52 @@ impl Backend for MemoryBackend {
         internal_date: i64,
         message: Vec<u8>,
     ) -> BackendResult<(u32, u32)> {
+        self.check()?;
+        let limit = self.lock().quotas.get(&account.name).copied();
+        if let Some(limit) = limit {
+            let used = used_bytes(&self.lock(), &account.name);
+            if used + message.len() as u64 > limit {
+                return Err(BackendError::Refused(
+                    "[OVERQUOTA] The account is over its quota".into(),
+                ));
+            }
+        }
         let out = self.with_folder(account, mailbox, |f| {
             let uid = f.add(meta(flags, internal_date, &message), message);
             Ok((f.uid_validity, uid))
+        })?;
+        self.changed();
+        Ok(out)
+    }
+
+    fn supports_append_many(&self) -> bool {
+        true
+    }
+
+    async fn append_many(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        messages: Vec<AppendItem>,
+    ) -> BackendResult<(u32, Vec<u32>)> {
+        self.check()?;
+        let total: u64 = messages.iter().map(|m| m.message.len() as u64).sum();
+        {
+            let s = self.lock();
+            if let Some(&limit) = s.quotas.get(&account.name)
+                && used_bytes(&s, &account.name) + total > limit
+            {
+                return Err(BackendError::Refused(
+                    "[OVERQUOTA] The account is over its quota".into(),
+                ));
+            }
+        }
+        let out = self.with_folder(account, mailbox, |f| {
+            let uids = messages
+                .into_iter()
+                .map(|m| f.add(meta(m.flags, m.internal_date, &m.message), m.message))
+                .collect();
+            Ok((f.uid_validity, uids))
         })?;
         self.changed();
         Ok(out)

@@ -4,9 +4,10 @@
 //! time; without a valid one the connection is closed, and with one its source address is
 //! the client's for logs, limits and throttling), the connection limits, the TLS handshake
 //! on an implicit-TLS listener (993), the greeting, then commands framed by `imap-codec`'s fragmentizer. A literal
-//! larger than [`Limits::max_literal`] is refused when announced, before its bytes are
-//! read (a synchronising one with `NO [TOOBIG]`, a LITERAL+ one with `BYE`, since its bytes
-//! are already on the way). Every wait for the client is bounded: a short timeout before
+//! larger than [`Limits::max_literal`], or one that takes the command's literals past
+//! [`Limits::max_command_bytes`] (a MULTIAPPEND announces one per message), is refused when
+//! announced, before its bytes are read (a synchronising one with `NO [TOOBIG]`, a LITERAL+
+//! one with `BYE`, since its bytes are already on the way). Every wait for the client is bounded: a short timeout before
 //! login, a long one after, and the IDLE timeout while idling. On STARTTLS, bytes the client
 //! sent after the command are dropped, so nothing pipelined in clear text runs under TLS.
 
@@ -18,13 +19,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use imap_codec::fragmentizer::{
-    DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement,
-};
-use imap_codec::imap_types::IntoStatic;
+use imap_codec::fragmentizer::{FragmentInfo, Fragmentizer, LiteralAnnouncement};
 use imap_codec::imap_types::auth::AuthenticateData;
 use imap_codec::imap_types::core::LiteralMode;
-use imap_codec::{AuthenticateDataCodec, CommandCodec, IdleDoneCodec};
+use imap_codec::{AuthenticateDataCodec, IdleDoneCodec};
 use tern_listen::accept::{self, Admission, LoopConfig};
 use tern_listen::tls::{HandshakeError, handshake};
 use tern_listen::{ListenerStats, Prefixed};
@@ -175,23 +173,33 @@ pub(crate) struct Framer {
     pub(crate) frag: Fragmentizer,
     limits: Limits,
     pending: usize,
+    /// The literal bytes announced so far in the message being framed.
+    literals: u64,
 }
 
 impl Framer {
     pub(crate) fn new(limits: &Limits) -> Self {
         Framer {
-            frag: Fragmentizer::new(limits.max_literal.saturating_add(limits.max_line)),
+            frag: Fragmentizer::new(Self::bound(limits)),
             limits: limits.clone(),
             pending: 0,
+            literals: 0,
         }
+    }
+
+    /// The longest message: its literals, and a line's worth of the rest.
+    fn bound(limits: &Limits) -> u32 {
+        limits
+            .max_literal
+            .max(limits.max_command_bytes)
+            .saturating_add(limits.max_line)
     }
 
     /// Advances the fragmentizer; answers literal announcements into `out`.
     pub(crate) fn pump(&mut self, out: &mut Vec<u8>) -> Event {
         loop {
             let Some(info) = self.frag.progress() else {
-                let bound = self.limits.max_literal as usize + self.limits.max_line as usize;
-                if self.pending > bound {
+                if self.pending > Self::bound(&self.limits) as usize {
                     return Event::Fatal("Line too long");
                 }
                 return Event::NeedMore;
@@ -202,16 +210,24 @@ impl Framer {
                 ..
             } = info
             {
-                if length > self.limits.max_literal {
+                self.literals += u64::from(length);
+                let refusal = if length > self.limits.max_literal {
+                    Some("[TOOBIG] Literal too large")
+                } else if self.literals > u64::from(self.limits.max_command_bytes) {
+                    Some("[TOOBIG] The command's literals are too large together")
+                } else {
+                    None
+                };
+                if let Some(text) = refusal {
+                    self.literals = 0;
                     if mode == LiteralMode::NonSync {
-                        return Event::Fatal("[TOOBIG] Literal too large");
+                        return Event::Fatal(text);
                     }
                     match self.frag.decode_tag() {
                         Some(tag) => out.extend_from_slice(
-                            format!("{} NO [TOOBIG] Literal too large\r\n", tag.as_ref())
-                                .as_bytes(),
+                            format!("{} NO {text}\r\n", tag.as_ref()).as_bytes(),
                         ),
-                        None => out.extend_from_slice(b"* BAD [TOOBIG] Literal too large\r\n"),
+                        None => out.extend_from_slice(format!("* BAD {text}\r\n").as_bytes()),
                     }
                     self.frag.skip_message();
                     return Event::Refused;
@@ -222,6 +238,7 @@ impl Framer {
                 continue;
             }
             if self.frag.is_message_complete() {
+                self.literals = 0;
                 return Event::Message;
             }
         }
@@ -587,32 +604,33 @@ async fn serve_session<B: Backend>(
             }
             continue;
         }
-        let command = match framer.frag.decode_message(&CommandCodec::default()) {
-            Ok(command) => Some(command.into_static()),
-            Err(e) => {
+        let request = if framer.frag.is_max_message_size_exceeded() {
+            Err("[TOOBIG] Command too long".to_string())
+        } else if framer.frag.is_message_poisoned() {
+            Err("Syntax error".to_string())
+        } else {
+            crate::extended::decode(framer.frag.message_bytes())
+        };
+        match request {
+            Ok(request) => {
+                // Long answers (FETCH, SEARCH) go out as they are made.
+                let mut responses = Responses::streaming(&mut out, &mut conn, STREAM_BUFFER);
+                outcome = session.handle_request(request, &mut responses).await;
+                if let Some(e) = responses.take_error() {
+                    return Err(End::Io(e));
+                }
+                if out.windows(5).any(|w| w == b" BAD ") {
+                    errors += 1;
+                }
+            }
+            Err(text) => {
                 errors += 1;
-                let text = match e {
-                    DecodeMessageError::MessageTooLong { .. } => "[TOOBIG] Command too long",
-                    _ => "Syntax error",
-                };
                 match framer.frag.decode_tag() {
                     Some(tag) => {
                         out.extend_from_slice(format!("{} BAD {text}\r\n", tag.as_ref()).as_bytes())
                     }
                     None => out.extend_from_slice(format!("* BAD {text}\r\n").as_bytes()),
                 }
-                None
-            }
-        };
-        if let Some(command) = command {
-            // Long answers (FETCH, SEARCH) go out as they are made.
-            let mut responses = Responses::streaming(&mut out, &mut conn, STREAM_BUFFER);
-            outcome = session.handle_streaming(command, &mut responses).await;
-            if let Some(e) = responses.take_error() {
-                return Err(End::Io(e));
-            }
-            if out.windows(5).any(|w| w == b" BAD ") {
-                errors += 1;
             }
         }
         if errors >= limits.max_errors {

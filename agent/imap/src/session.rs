@@ -32,9 +32,14 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::backend::{
-    Account, AuthVerdict, Backend, BackendError, FlagOp, MailboxStatus, MessageMeta,
+    Account, AppendItem, AuthVerdict, Backend, BackendError, FlagOp, MailboxInfo, MailboxStatus,
+    MessageMeta,
+};
+use crate::extended::{
+    self, AppendCommand, Extras, ListCommand, Request, SAVED, SearchReturn, StatusItem,
 };
 use crate::mime;
+use crate::mutf7;
 use crate::throttle::Throttle;
 use crate::wire;
 
@@ -186,6 +191,9 @@ struct Selected {
     /// while the backend reports the same, nothing changed.
     highest_modseq: u64,
     uid_next: u32,
+    /// The last `SEARCH RETURN (SAVE …)` result (RFC 5182 `$`), as sorted UIDs; messages
+    /// expunged since drop out when it is used. A new selection starts it empty.
+    saved: Vec<u32>,
 }
 
 #[derive(Debug)]
@@ -235,6 +243,10 @@ fn sanitize(s: &str) -> String {
 
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
+/// Most messages one MULTIAPPEND may carry; more is `NO [LIMIT]`. Their total size is
+/// bounded when they arrive ([`crate::Limits::max_command_bytes`]).
+pub const MAX_APPEND_MESSAGES: usize = 1000;
+
 /// One IMAP session.
 pub struct Session<B> {
     backend: Arc<B>,
@@ -243,6 +255,8 @@ pub struct Session<B> {
     tls: bool,
     state: State,
     condstore: bool,
+    /// `ENABLE IMAP4rev2` (RFC 9051): ESEARCH answers, UTF-8 mailbox names, no `RECENT`.
+    rev2: bool,
     pending: Option<(Tag<'static>, PendingKind)>,
     /// A login whose session is to be relayed: the account, then the login's tag.
     relay: Option<(Option<Tag<'static>>, Account)>,
@@ -264,6 +278,7 @@ impl<B: Backend> Session<B> {
             tls,
             state: State::NotAuthenticated,
             condstore: false,
+            rev2: false,
             pending: None,
             relay: None,
         }
@@ -326,7 +341,7 @@ impl<B: Backend> Session<B> {
 
     /// The capability list for the current state.
     pub fn capabilities(&self) -> String {
-        let mut caps = vec!["IMAP4rev1"];
+        let mut caps = vec!["IMAP4rev1", "IMAP4rev2"];
         if matches!(self.state, State::NotAuthenticated) {
             if self.tls {
                 caps.push("AUTH=PLAIN");
@@ -350,7 +365,17 @@ impl<B: Backend> Session<B> {
             "CONDSTORE",
             "SPECIAL-USE",
             "BINARY",
+            "ESEARCH",
+            "SEARCHRES",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "STATUS=SIZE",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
         ]);
+        if self.backend.supports_append_many() {
+            caps.push("MULTIAPPEND");
+        }
         caps.join(" ")
     }
 
@@ -375,10 +400,59 @@ impl<B: Backend> Session<B> {
         command: Command<'_>,
         out: &mut Responses<'_>,
     ) -> Outcome {
-        let tag = command.tag.clone();
+        let request = Request::Command {
+            command: command.into_static(),
+            extras: Extras::default(),
+        };
+        self.handle_request(request, out).await
+    }
+
+    /// Handles one complete client message (literals included) as the server frames it:
+    /// decoded by [`extended::decode`], a syntax error answered `BAD`.
+    pub async fn handle_message(&mut self, message: &[u8], out: &mut Responses<'_>) -> Outcome {
+        match extended::decode(message) {
+            Ok(request) => self.handle_request(request, out).await,
+            Err(text) => {
+                let tag = imap_codec::imap_types::core::Tag::try_from(
+                    String::from_utf8_lossy(
+                        message
+                            .split(|&b| b == b' ' || b == b'\r')
+                            .next()
+                            .unwrap_or_default(),
+                    )
+                    .into_owned(),
+                );
+                let tag = tag.as_ref().map_or("*", |t| t.as_ref());
+                out.extend_from_slice(format!("{tag} BAD {}\r\n", sanitize(&text)).as_bytes());
+                Outcome::Continue
+            }
+        }
+    }
+
+    /// Handles one decoded request (a command and its extension parts, or an extended LIST).
+    pub async fn handle_request(&mut self, request: Request, out: &mut Responses<'_>) -> Outcome {
+        let tag = match &request {
+            Request::Command { command, .. } => command.tag.clone(),
+            Request::List { tag, .. } | Request::Append { tag, .. } => tag.clone(),
+        };
         let mut text = String::from("completed");
         // One command: reads in it may share the freshness a barrier gave the first of them.
-        let result = crate::command_scope::in_command(self.dispatch(command, out, &mut text)).await;
+        let work = async {
+            match request {
+                Request::Command { command, extras } => {
+                    self.dispatch(command, extras, out, &mut text).await
+                }
+                Request::List { list, .. } => self
+                    .list_extended(&list, out)
+                    .await
+                    .map(|()| Outcome::Continue),
+                Request::Append { append, .. } => self
+                    .append_many(append, out, &mut text)
+                    .await
+                    .map(|()| Outcome::Continue),
+            }
+        };
+        let result = crate::command_scope::in_command(work).await;
         match result {
             Ok(outcome) => {
                 if outcome == Outcome::Continue
@@ -404,6 +478,7 @@ impl<B: Backend> Session<B> {
     async fn dispatch(
         &mut self,
         command: Command<'_>,
+        extras: Extras,
         out: &mut Responses<'_>,
         text: &mut String,
     ) -> Result<Outcome, Fail> {
@@ -475,6 +550,9 @@ impl<B: Backend> Session<B> {
                     if matches!(c, CapabilityEnable::CondStore) {
                         self.condstore = true;
                         enabled.push("CONDSTORE");
+                    } else if c.to_string().eq_ignore_ascii_case("IMAP4rev2") {
+                        self.rev2 = true;
+                        enabled.push("IMAP4rev2");
                     }
                 }
                 out.extend_from_slice(
@@ -509,7 +587,7 @@ impl<B: Backend> Session<B> {
             }
             CommandBody::Create { mailbox } => {
                 let account = self.logged_in()?;
-                let name = mailbox_name(&mailbox)?;
+                let name = self.mailbox_name(&mailbox)?;
                 if name.eq_ignore_ascii_case("INBOX") {
                     return no("[ALREADYEXISTS] INBOX always exists");
                 }
@@ -519,7 +597,7 @@ impl<B: Backend> Session<B> {
             }
             CommandBody::Delete { mailbox } => {
                 let account = self.logged_in()?;
-                let name = mailbox_name(&mailbox)?;
+                let name = self.mailbox_name(&mailbox)?;
                 if name == "INBOX" {
                     return no("INBOX cannot be deleted");
                 }
@@ -530,7 +608,7 @@ impl<B: Backend> Session<B> {
             }
             CommandBody::Rename { from, to } => {
                 let account = self.logged_in()?;
-                let (from, to) = (mailbox_name(&from)?, mailbox_name(&to)?);
+                let (from, to) = (self.mailbox_name(&from)?, self.mailbox_name(&to)?);
                 if to == "INBOX" {
                     return no("[ALREADYEXISTS] INBOX always exists");
                 }
@@ -539,13 +617,13 @@ impl<B: Backend> Session<B> {
             CommandBody::Subscribe { mailbox } => {
                 let account = self.logged_in()?;
                 self.backend
-                    .subscribe(&account, &mailbox_name(&mailbox)?, true)
+                    .subscribe(&account, &self.mailbox_name(&mailbox)?, true)
                     .await?;
             }
             CommandBody::Unsubscribe { mailbox } => {
                 let account = self.logged_in()?;
                 self.backend
-                    .subscribe(&account, &mailbox_name(&mailbox)?, false)
+                    .subscribe(&account, &self.mailbox_name(&mailbox)?, false)
                     .await?;
             }
             CommandBody::List {
@@ -565,31 +643,22 @@ impl<B: Backend> Session<B> {
                 item_names,
             } => {
                 let account = self.logged_in()?;
-                let name = mailbox_name(&mailbox)?;
-                let st = self.backend.status(&account, &name).await?;
+                let name = self.mailbox_name(&mailbox)?;
                 let mut items = Vec::new();
                 for item in item_names.iter() {
-                    match item {
-                        StatusDataItemName::Messages => {
-                            items.push(format!("MESSAGES {}", st.messages))
-                        }
-                        StatusDataItemName::Recent => items.push("RECENT 0".into()),
-                        StatusDataItemName::UidNext => {
-                            items.push(format!("UIDNEXT {}", st.uid_next))
-                        }
-                        StatusDataItemName::UidValidity => {
-                            items.push(format!("UIDVALIDITY {}", st.uid_validity))
-                        }
-                        StatusDataItemName::Unseen => items.push(format!("UNSEEN {}", st.unseen)),
-                        StatusDataItemName::HighestModSeq => {
-                            items.push(format!("HIGHESTMODSEQ {}", st.highest_modseq))
-                        }
+                    items.push(match item {
+                        StatusDataItemName::Messages => StatusItem::Messages,
+                        StatusDataItemName::Recent => StatusItem::Recent,
+                        StatusDataItemName::UidNext => StatusItem::UidNext,
+                        StatusDataItemName::UidValidity => StatusItem::UidValidity,
+                        StatusDataItemName::Unseen => StatusItem::Unseen,
+                        StatusDataItemName::Deleted => StatusItem::Deleted,
+                        StatusDataItemName::Size => StatusItem::Size,
+                        StatusDataItemName::HighestModSeq => StatusItem::HighestModSeq,
                         _ => return bad("Unsupported STATUS item"),
-                    }
+                    });
                 }
-                out.extend_from_slice(b"* STATUS ");
-                wire::string(out, name.as_bytes());
-                out.extend_from_slice(format!(" ({})\r\n", items.join(" ")).as_bytes());
+                self.status_line(&account, &name, &items, out).await?;
             }
             CommandBody::Append {
                 mailbox,
@@ -598,7 +667,7 @@ impl<B: Backend> Session<B> {
                 message,
             } => {
                 let account = self.logged_in()?;
-                let name = mailbox_name(&mailbox)?;
+                let name = self.mailbox_name(&mailbox)?;
                 let data = match &message {
                     LiteralOrLiteral8::Literal(l) => l.data().to_vec(),
                     LiteralOrLiteral8::Literal8(l) => l.data.to_vec(),
@@ -637,7 +706,14 @@ impl<B: Backend> Session<B> {
                 self.expunge(None, out).await?;
             }
             CommandBody::ExpungeUid { sequence_set } => {
-                self.expunge(Some(sequence_set), out).await?;
+                let set = match extras.saved_set {
+                    true => self.saved_set(true)?,
+                    false => Some(sequence_set),
+                };
+                match set {
+                    Some(set) => self.expunge(Some(set), out).await?,
+                    None => self.refresh(out).await?,
+                }
             }
             CommandBody::Search {
                 charset,
@@ -650,7 +726,22 @@ impl<B: Backend> Session<B> {
                         return no("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
                     }
                 }
-                self.search(criteria.as_ref(), uid, out).await?;
+                let returns = extras.search_return.or(self.rev2.then_some(SearchReturn {
+                    all: true,
+                    ..SearchReturn::default()
+                }));
+                let save = returns.is_some_and(|r| r.save);
+                let result = self
+                    .search(&tag, criteria.as_ref(), uid, returns, extras.saved_set, out)
+                    .await;
+                // A SEARCH with SAVE that fails leaves `$` empty (RFC 5182 §2.1).
+                if result.is_err()
+                    && save
+                    && let State::Selected(_, sel) = &mut self.state
+                {
+                    sel.saved.clear();
+                }
+                result?;
             }
             CommandBody::Fetch {
                 sequence_set,
@@ -662,8 +753,10 @@ impl<B: Backend> Session<B> {
                     FetchModifier::ChangedSince(v) => Some(v.get()),
                     FetchModifier::Vanished => None,
                 });
-                self.fetch(&sequence_set, macro_or_item_names, uid, changed_since, out)
-                    .await?;
+                if let Some(set) = self.set_or_saved(sequence_set, uid, extras)? {
+                    self.fetch(&set, macro_or_item_names, uid, changed_since, out)
+                        .await?;
+                }
             }
             CommandBody::Store {
                 sequence_set,
@@ -683,9 +776,10 @@ impl<B: Backend> Session<B> {
                     StoreType::Remove => FlagOp::Remove,
                 };
                 let silent = response == StoreResponse::Silent;
-                if let Some(t) = self
-                    .store(&sequence_set, op, &flags, uid, silent, unchanged_since, out)
-                    .await?
+                if let Some(set) = self.set_or_saved(sequence_set, uid, extras)?
+                    && let Some(t) = self
+                        .store(&set, op, &flags, uid, silent, unchanged_since, out)
+                        .await?
                 {
                     *text = t;
                 }
@@ -695,18 +789,49 @@ impl<B: Backend> Session<B> {
                 mailbox,
                 uid,
             } => {
-                *text = self
-                    .transfer(&sequence_set, &mailbox, uid, false, out)
-                    .await?;
+                *text = match self.set_or_saved(sequence_set, uid, extras)? {
+                    Some(set) => self.transfer(&set, &mailbox, uid, false, out).await?,
+                    None => "No messages".into(),
+                };
             }
             CommandBody::Move {
                 sequence_set,
                 mailbox,
                 uid,
             } => {
-                *text = self
-                    .transfer(&sequence_set, &mailbox, uid, true, out)
-                    .await?;
+                *text = match self.set_or_saved(sequence_set, uid, extras)? {
+                    Some(set) => self.transfer(&set, &mailbox, uid, true, out).await?,
+                    None => "No messages".into(),
+                };
+            }
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let account = self.logged_in()?;
+                let name = self.mailbox_name(&mailbox)?;
+                // The mailbox must exist; every mailbox of the account shares the root "".
+                self.backend.status(&account, &name).await?;
+                let quota = self.backend.quota(&account).await?;
+                let limited = quota.storage.is_some() || quota.messages.is_some();
+                out.extend_from_slice(b"* QUOTAROOT ");
+                self.wire_name(out, &name);
+                if limited {
+                    out.extend_from_slice(b" \"\"\r\n");
+                    quota_line(out, &quota);
+                } else {
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            CommandBody::GetQuota { root } => {
+                let account = self.logged_in()?;
+                let quota = self.backend.quota(&account).await?;
+                let limited = quota.storage.is_some() || quota.messages.is_some();
+                if !root.as_ref().is_empty() || !limited {
+                    return no("[NONEXISTENT] No such quota root");
+                }
+                quota_line(out, &quota);
+            }
+            CommandBody::SetQuota { .. } => {
+                self.logged_in()?;
+                return no("[NOPERM] Quotas are set by the administrator");
             }
             CommandBody::Idle => {
                 self.logged_in()?;
@@ -857,28 +982,11 @@ impl<B: Backend> Session<B> {
         status: &MailboxStatus,
     ) -> Result<Vec<(u32, u64)>, Fail> {
         let mut view = Vec::with_capacity((status.messages as usize).min(16 * PAGE));
-        let mut from = 1u32;
-        let mut width = PAGE as u32;
-        loop {
-            let last = from >= status.uid_next.saturating_sub(1) || from == u32::MAX;
-            let to = if last {
-                u32::MAX
-            } else {
-                from.saturating_add(width - 1).min(status.uid_next - 1)
-            };
-            let page = self.backend.messages(account, name, from..=to).await?;
+        self.walk_mailbox(account, name, status, |page| {
             view.extend(page.iter().map(|m| (m.uid, m.modseq)));
-            if last || to == u32::MAX {
-                return Ok(view);
-            }
-            // Sparse UIDs (many expunged) widen the range, dense ones narrow it.
-            if page.len() < PAGE / 2 {
-                width = width.saturating_mul(2);
-            } else if page.len() > PAGE && width > 1 {
-                width /= 2;
-            }
-            from = to + 1;
-        }
+        })
+        .await?;
+        Ok(view)
     }
 
     async fn select(
@@ -889,7 +997,7 @@ impl<B: Backend> Session<B> {
         out: &mut Responses<'_>,
     ) -> Result<String, Fail> {
         let account = self.logged_in()?;
-        let name = mailbox_name(mailbox)?;
+        let name = self.mailbox_name(mailbox)?;
         if matches!(self.state, State::Selected(..)) {
             self.state = State::Authenticated(account.clone());
             out.extend_from_slice(b"* OK [CLOSED] Previous mailbox closed\r\n");
@@ -908,7 +1016,15 @@ impl<B: Backend> Session<B> {
                     .as_bytes(),
             );
         }
-        out.extend_from_slice(format!("* {} EXISTS\r\n* 0 RECENT\r\n", messages.len()).as_bytes());
+        out.extend_from_slice(format!("* {} EXISTS\r\n", messages.len()).as_bytes());
+        if self.rev2 {
+            // RFC 9051 §6.3.2: the mailbox's LIST response; no RECENT.
+            out.extend_from_slice(b"* LIST () \"/\" ");
+            self.wire_name(out, &name);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(b"* 0 RECENT\r\n");
+        }
         out.extend_from_slice(
             format!("* OK [UIDVALIDITY {}] UIDs valid\r\n", status.uid_validity).as_bytes(),
         );
@@ -926,6 +1042,7 @@ impl<B: Backend> Session<B> {
                 messages,
                 highest_modseq: status.highest_modseq,
                 uid_next: status.uid_next,
+                saved: Vec::new(),
             },
         );
         Ok(if read_only {
@@ -933,6 +1050,47 @@ impl<B: Backend> Session<B> {
         } else {
             "[READ-WRITE] SELECT completed".into()
         })
+    }
+
+    /// APPEND of several messages (RFC 3502): all stored, with consecutive UIDs, or none.
+    async fn append_many(
+        &mut self,
+        append: AppendCommand,
+        out: &mut Responses<'_>,
+        text: &mut String,
+    ) -> Result<(), Fail> {
+        let account = self.logged_in()?;
+        if !self.backend.supports_append_many() {
+            return bad("One message per APPEND: this server does not offer MULTIAPPEND");
+        }
+        if append.messages.len() > MAX_APPEND_MESSAGES {
+            return no(&format!(
+                "[LIMIT] At most {MAX_APPEND_MESSAGES} messages in one APPEND"
+            ));
+        }
+        let name = self.mailbox_name(&append.mailbox)?;
+        let now = now_secs();
+        let mut items = Vec::with_capacity(append.messages.len());
+        for m in append.messages {
+            items.push(AppendItem {
+                flags: storable_flags(&m.flags)?,
+                internal_date: m.date.map_or(now, |d| d.as_ref().timestamp()),
+                message: m.message,
+            });
+        }
+        let (validity, uids) = self
+            .backend
+            .append_many(&account, &name, items)
+            .await
+            .map_err(trycreate)?;
+        if self.selected_name() == Some(name.as_str()) {
+            self.refresh(out).await?;
+        }
+        *text = format!(
+            "[APPENDUID {validity} {}] APPEND completed",
+            compressed_set(&uids)
+        );
+        Ok(())
     }
 
     async fn list(
@@ -962,7 +1120,7 @@ impl<B: Backend> Session<B> {
             if lsub && !b.subscribed {
                 continue;
             }
-            if !pattern_matches(full.as_bytes(), b.name.as_bytes()) {
+            if !pattern_matches(full.as_bytes(), self.shown_name(&b.name).as_bytes()) {
                 continue;
             }
             let children = boxes.iter().any(|o| {
@@ -982,10 +1140,292 @@ impl<B: Backend> Session<B> {
                 attrs.push("\\Subscribed");
             }
             out.extend_from_slice(format!("* {kind} ({}) \"/\" ", attrs.join(" ")).as_bytes());
-            wire::string(out, b.name.as_bytes());
+            self.wire_name(out, &b.name);
             out.extend_from_slice(b"\r\n");
         }
+        if lsub {
+            // Subscriptions outlive their mailboxes (DELETE does not unsubscribe): LSUB
+            // shows those as `\Noselect` (RFC 3501 §6.3.9).
+            for name in self.missing_subscriptions(&account, &boxes).await? {
+                if pattern_matches(full.as_bytes(), self.shown_name(&name).as_bytes()) {
+                    out.extend_from_slice(b"* LSUB (\\Noselect) \"/\" ");
+                    self.wire_name(out, &name);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The subscribed names that are no mailbox of `boxes`, by name.
+    async fn missing_subscriptions(
+        &self,
+        account: &Account,
+        boxes: &[MailboxInfo],
+    ) -> Result<Vec<String>, Fail> {
+        let existing: HashSet<&str> = boxes.iter().map(|b| b.name.as_str()).collect();
+        let mut missing: Vec<String> = self
+            .backend
+            .subscriptions(account)
+            .await?
+            .into_iter()
+            .filter(|name| !existing.contains(name.as_str()))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        Ok(missing)
+    }
+
+    /// A mailbox name from the client as the store spells it: modified UTF-7 (RFC 3501
+    /// §5.1.3). After `ENABLE IMAP4rev2` the client sends UTF-8, converted here; before, a
+    /// name with 8-bit characters is not valid syntax.
+    fn mailbox_name(&self, m: &Mailbox<'_>) -> Result<String, Fail> {
+        let name = mailbox_name(m)?;
+        if name.is_ascii() && !self.rev2 {
+            return Ok(name);
+        }
+        if !self.rev2 {
+            return bad(
+                "Mailbox names are modified UTF-7 in IMAP4rev1 (ENABLE IMAP4rev2 for UTF-8)",
+            );
+        }
+        Ok(mutf7::encode(&name))
+    }
+
+    /// A stored mailbox name as the client reads it: UTF-8 after `ENABLE IMAP4rev2`.
+    fn shown_name(&self, name: &str) -> String {
+        match self.rev2 {
+            true => mutf7::decode(name).unwrap_or_else(|| name.to_owned()),
+            false => name.to_owned(),
+        }
+    }
+
+    /// Appends a stored mailbox name as a string in the client's form.
+    fn wire_name(&self, out: &mut Vec<u8>, name: &str) {
+        wire::string(out, self.shown_name(name).as_bytes());
+    }
+
+    /// `* STATUS name (items)` for the mailbox `name`. SIZE and DELETED read the mailbox's
+    /// metadata a page at a time.
+    async fn status_line(
+        &self,
+        account: &Account,
+        name: &str,
+        items: &[StatusItem],
+        out: &mut Responses<'_>,
+    ) -> Result<(), Fail> {
+        let st = self.backend.status(account, name).await?;
+        let (mut size, mut deleted) = (0u64, 0u32);
+        if items
+            .iter()
+            .any(|i| matches!(i, StatusItem::Size | StatusItem::Deleted))
+        {
+            self.walk_mailbox(account, name, &st, |page| {
+                for m in page {
+                    size += u64::from(m.size);
+                    deleted += u32::from(has_flag(m, "\\Deleted"));
+                }
+            })
+            .await?;
+        }
+        let text: Vec<String> = items
+            .iter()
+            .map(|item| match item {
+                StatusItem::Messages => format!("MESSAGES {}", st.messages),
+                StatusItem::Recent => "RECENT 0".into(),
+                StatusItem::UidNext => format!("UIDNEXT {}", st.uid_next),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", st.uid_validity),
+                StatusItem::Unseen => format!("UNSEEN {}", st.unseen),
+                StatusItem::Deleted => format!("DELETED {deleted}"),
+                StatusItem::Size => format!("SIZE {size}"),
+                StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", st.highest_modseq),
+            })
+            .collect();
+        out.extend_from_slice(b"* STATUS ");
+        self.wire_name(out, name);
+        out.extend_from_slice(format!(" ({})\r\n", text.join(" ")).as_bytes());
+        Ok(())
+    }
+
+    /// Extended LIST (RFC 5258) with LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154).
+    async fn list_extended(
+        &mut self,
+        cmd: &ListCommand,
+        out: &mut Responses<'_>,
+    ) -> Result<(), Fail> {
+        let account = self.logged_in()?;
+        let reference = utf8(&cmd.reference)?;
+        let sel = cmd.selection;
+        let ret = &cmd.returns;
+        let mut boxes = self.backend.list(&account).await?;
+        // With the SUBSCRIBED selection, subscribed names whose mailbox is gone are listed
+        // too, as `\NonExistent` (RFC 5258 §3.1); they come after the mailboxes.
+        let existing = boxes.len();
+        if sel.subscribed {
+            for name in self.missing_subscriptions(&account, &boxes).await? {
+                boxes.push(MailboxInfo {
+                    name,
+                    special_use: None,
+                    subscribed: true,
+                });
+            }
+        }
+        let shown: Vec<String> = boxes.iter().map(|b| self.shown_name(&b.name)).collect();
+        let mut patterns = Vec::new();
+        for p in &cmd.patterns {
+            let p = utf8(p)?;
+            if p.is_empty() {
+                out.extend_from_slice(b"* LIST (\\Noselect) \"/\" \"\"\r\n");
+            } else {
+                patterns.push(format!("{reference}{p}"));
+            }
+        }
+        let matches = |name: &str| {
+            patterns
+                .iter()
+                .any(|p| pattern_matches(p.as_bytes(), name.as_bytes()))
+        };
+        let descendants = |i: usize| {
+            let prefix = format!("{}/", boxes[i].name);
+            boxes.iter().filter(move |o| o.name.starts_with(&prefix))
+        };
+        for (i, b) in boxes.iter().enumerate() {
+            if !matches(&shown[i]) {
+                continue;
+            }
+            let subscribed_child = sel.recursive_match && descendants(i).any(|o| o.subscribed);
+            let special_child =
+                sel.recursive_match && descendants(i).any(|o| o.special_use.is_some());
+            let selected = (!sel.subscribed || b.subscribed || subscribed_child)
+                && (!sel.special_use || b.special_use.is_some() || special_child);
+            if !selected {
+                continue;
+            }
+            if i >= existing {
+                out.extend_from_slice(b"* LIST (\\NonExistent \\Subscribed) \"/\" ");
+                self.wire_name(out, &b.name);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            // `\Has(No)Children` is always given (CHILDREN or not); `\Subscribed` when asked
+            // for, as SUBSCRIBED selection implies; special-use attributes always (RFC 6154).
+            let prefix = format!("{}/", b.name);
+            let children = boxes[..existing]
+                .iter()
+                .any(|o| o.name.starts_with(&prefix));
+            let mut attrs = vec![match children {
+                true => "\\HasChildren",
+                false => "\\HasNoChildren",
+            }];
+            if let Some(su) = b.special_use {
+                attrs.push(su.attribute());
+            }
+            if b.subscribed && (ret.subscribed || sel.subscribed) {
+                attrs.push("\\Subscribed");
+            }
+            out.extend_from_slice(format!("* LIST ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            self.wire_name(out, &b.name);
+            let mut childinfo = Vec::new();
+            if subscribed_child && sel.subscribed {
+                childinfo.push("\"SUBSCRIBED\"");
+            }
+            if special_child && sel.special_use {
+                childinfo.push("\"SPECIAL-USE\"");
+            }
+            if !childinfo.is_empty() {
+                out.extend_from_slice(
+                    format!(" (\"CHILDINFO\" ({}))", childinfo.join(" ")).as_bytes(),
+                );
+            }
+            out.extend_from_slice(b"\r\n");
+            if let Some(items) = &ret.status {
+                match self.status_line(&account, &b.name, items, out).await {
+                    // Deleted meanwhile: its LIST line stands, without STATUS.
+                    Err(Fail::No(_)) => {}
+                    other => other?,
+                }
+            }
+            out.spill().await?;
+        }
+        Ok(())
+    }
+
+    /// The set a FETCH/STORE/COPY/MOVE acts on: as sent, or the saved result for `$`
+    /// (`None`: `$` is empty, so the command acts on no message).
+    fn set_or_saved(
+        &self,
+        set: SequenceSet,
+        uid: bool,
+        extras: Extras,
+    ) -> Result<Option<SequenceSet>, Fail> {
+        match extras.saved_set {
+            true => self.saved_set(uid),
+            false => Ok(Some(set)),
+        }
+    }
+
+    /// The saved result (RFC 5182 `$`) as a set of UIDs (`uid`) or of sequence numbers in
+    /// the current view, consecutive numbers as ranges; messages expunged since left out.
+    fn saved_set(&self, uid: bool) -> Result<Option<SequenceSet>, Fail> {
+        let (_, sel) = self.selected()?;
+        let mut numbers: Vec<u32> = sel
+            .saved
+            .iter()
+            .filter_map(|u| {
+                sel.messages
+                    .binary_search_by_key(u, |m| m.0)
+                    .ok()
+                    .map(|i| (i, *u))
+            })
+            .map(|(i, u)| {
+                if uid {
+                    u
+                } else {
+                    u32::try_from(i + 1).unwrap_or(u32::MAX)
+                }
+            })
+            .collect();
+        numbers.sort_unstable();
+        if numbers.is_empty() {
+            return Ok(None);
+        }
+        compressed_set(&numbers)
+            .parse()
+            .map(Some)
+            .map_err(|_| Fail::No("[SERVERBUG] Invalid saved result".into()))
+    }
+
+    /// Walks the whole mailbox's metadata a page at a time: UID ranges sized to hold about
+    /// [`PAGE`] messages each, from 1 to `uid_next` and then whatever arrived since.
+    async fn walk_mailbox(
+        &self,
+        account: &Account,
+        name: &str,
+        status: &MailboxStatus,
+        mut f: impl FnMut(&[MessageMeta]) + Send,
+    ) -> Result<(), Fail> {
+        let mut from = 1u32;
+        let mut width = PAGE as u32;
+        loop {
+            let last = from >= status.uid_next.saturating_sub(1) || from == u32::MAX;
+            let to = if last {
+                u32::MAX
+            } else {
+                from.saturating_add(width - 1).min(status.uid_next - 1)
+            };
+            let page = self.backend.messages(account, name, from..=to).await?;
+            f(&page);
+            if last || to == u32::MAX {
+                return Ok(());
+            }
+            // Sparse UIDs (many expunged) widen the range, dense ones narrow it.
+            if page.len() < PAGE / 2 {
+                width = width.saturating_mul(2);
+            } else if page.len() > PAGE && width > 1 {
+                width /= 2;
+            }
+            from = to + 1;
+        }
     }
 
     /// Brings the selected mailbox's view up to date and reports expunges, new messages
@@ -1564,7 +2004,7 @@ impl<B: Backend> Session<B> {
             return no("[READ-ONLY] Mailbox is read-only");
         }
         let from = sel.name.clone();
-        let to = mailbox_name(mailbox)?;
+        let to = self.mailbox_name(mailbox)?;
         let targets = self.resolve(set, uid)?;
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         if uids.is_empty() {
@@ -1598,10 +2038,16 @@ impl<B: Backend> Session<B> {
     /// SEARCH: the mailbox a page of metadata at a time, bodies (when a key needs them) in
     /// small batches. The hits are kept as numbers until the search is done, so a failure
     /// halfway never leaves half a response line; the line itself is streamed.
+    ///
+    /// With `returns` the answer is an ESEARCH (RFC 4731) and SAVE keeps the result for `$`
+    /// (RFC 5182); `saved` says the criteria use `$` (the key [`SAVED`]).
     async fn search(
         &mut self,
+        tag: &Tag<'_>,
         criteria: &[SearchKey<'_>],
         uid: bool,
+        returns: Option<SearchReturn>,
+        saved: bool,
         out: &mut Responses<'_>,
     ) -> Result<(), Fail> {
         let (account, sel) = self.selected()?;
@@ -1612,7 +2058,10 @@ impl<B: Backend> Session<B> {
             count: count as u32,
             largest_uid,
             body: None,
+            saved: saved.then(|| sel.saved.clone()),
         };
+        let save = returns.is_some_and(|r| r.save);
+        let mut hit_uids: Vec<u32> = Vec::new();
         let needs_body = criteria.iter().any(needs_body);
         let uses_modseq = criteria.iter().any(uses_modseq);
         let mut hits: Vec<u32> = Vec::new();
@@ -1657,6 +2106,9 @@ impl<B: Backend> Session<B> {
                         } else {
                             u32::try_from(*seq).unwrap_or(u32::MAX)
                         });
+                        if save {
+                            hit_uids.push(meta.uid);
+                        }
                         max_modseq = max_modseq.max(meta.modseq);
                     }
                 }
@@ -1664,6 +2116,19 @@ impl<B: Backend> Session<B> {
             }
         }
         ctx.body = None;
+        if let Some(r) = returns {
+            return self
+                .esearch(
+                    tag,
+                    uid,
+                    r,
+                    &hits,
+                    hit_uids,
+                    uses_modseq.then_some(max_modseq),
+                    out,
+                )
+                .await;
+        }
         out.extend_from_slice(b"* SEARCH");
         for h in &hits {
             out.extend_from_slice(format!(" {h}").as_bytes());
@@ -1671,6 +2136,84 @@ impl<B: Backend> Session<B> {
         }
         if uses_modseq && !hits.is_empty() {
             out.extend_from_slice(format!(" (MODSEQ {max_modseq})").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    /// The ESEARCH answer (RFC 4731) for `hits` (sequence numbers or UIDs, ascending), and
+    /// the saved result when SAVE was asked: MIN and/or MAX alone save only those messages,
+    /// otherwise all hits are saved (RFC 5182 §2.4).
+    #[allow(clippy::too_many_arguments)]
+    async fn esearch(
+        &mut self,
+        tag: &Tag<'_>,
+        uid: bool,
+        r: SearchReturn,
+        hits: &[u32],
+        hit_uids: Vec<u32>,
+        modseq: Option<u64>,
+        out: &mut Responses<'_>,
+    ) -> Result<(), Fail> {
+        if r.save
+            && let State::Selected(_, sel) = &mut self.state
+        {
+            sel.saved = if (r.min || r.max) && !(r.all || r.count) {
+                let mut keep = Vec::new();
+                if r.min {
+                    keep.extend(hit_uids.first());
+                }
+                if r.max {
+                    keep.extend(hit_uids.last());
+                }
+                keep.dedup();
+                keep
+            } else {
+                hit_uids
+            };
+        }
+        // SAVE alone answers nothing but the tagged OK.
+        if !(r.min || r.max || r.all || r.count) {
+            return Ok(());
+        }
+        out.extend_from_slice(b"* ESEARCH (TAG ");
+        wire::string(out, tag.as_ref().as_bytes());
+        out.extend_from_slice(b")");
+        if uid {
+            out.extend_from_slice(b" UID");
+        }
+        if let (Some(first), Some(last)) = (hits.first(), hits.last()) {
+            if r.min {
+                out.extend_from_slice(format!(" MIN {first}").as_bytes());
+            }
+            if r.max {
+                out.extend_from_slice(format!(" MAX {last}").as_bytes());
+            }
+        }
+        if r.count {
+            out.extend_from_slice(format!(" COUNT {}", hits.len()).as_bytes());
+        }
+        if r.all && !hits.is_empty() {
+            out.extend_from_slice(b" ALL ");
+            let mut i = 0;
+            while i < hits.len() {
+                let mut j = i;
+                while j + 1 < hits.len() && hits[j + 1] == hits[j].wrapping_add(1) {
+                    j += 1;
+                }
+                if i > 0 {
+                    out.push(b',');
+                }
+                match i == j {
+                    true => out.extend_from_slice(hits[i].to_string().as_bytes()),
+                    false => out.extend_from_slice(format!("{}:{}", hits[i], hits[j]).as_bytes()),
+                }
+                out.spill().await?;
+                i = j + 1;
+            }
+        }
+        if let Some(m) = modseq.filter(|_| !hits.is_empty()) {
+            out.extend_from_slice(format!(" MODSEQ {m}").as_bytes());
         }
         out.extend_from_slice(b"\r\n");
         Ok(())
@@ -1701,6 +2244,13 @@ impl<B: Backend> Session<B> {
                 SearchKey::Or(a, b) => {
                     self.matches(a, seq, meta, account, name, ctx).await?
                         || self.matches(b, seq, meta, account, name, ctx).await?
+                }
+                SearchKey::SequenceSet(s) | SearchKey::Uid(s)
+                    if ctx.saved.is_some() && is_saved_marker(s) =>
+                {
+                    ctx.saved
+                        .as_ref()
+                        .is_some_and(|saved| saved.binary_search(&meta.uid).is_ok())
                 }
                 SearchKey::SequenceSet(s) => set_contains(s, seq as u32, ctx.count),
                 SearchKey::Uid(s) => set_contains(s, meta.uid, ctx.largest_uid),
@@ -1753,7 +2303,19 @@ impl<B: Backend> Session<B> {
                     let body = ctx.load(self, account, name, meta.uid).await?;
                     contains_ci(body, v.as_ref())
                 }
-                _ => return bad("Unsupported search key"),
+                SearchKey::SentBefore(d) | SearchKey::SentOn(d) | SearchKey::SentSince(d) => {
+                    let wanted = iso_days(&d.as_ref().to_string())?;
+                    let body = ctx.load(self, account, name, meta.uid).await?;
+                    // A message without a Date: it can read matches no SENT* key.
+                    match sent_day(body) {
+                        None => false,
+                        Some(sent) => match key {
+                            SearchKey::SentBefore(_) => sent < wanted,
+                            SearchKey::SentOn(_) => sent == wanted,
+                            _ => sent >= wanted,
+                        },
+                    }
+                }
             })
         })
     }
@@ -1800,7 +2362,10 @@ fn needs_body(key: &SearchKey<'_>) -> bool {
         | SearchKey::Cc(_)
         | SearchKey::Bcc(_)
         | SearchKey::Body(_)
-        | SearchKey::Text(_) => true,
+        | SearchKey::Text(_)
+        | SearchKey::SentBefore(_)
+        | SearchKey::SentOn(_)
+        | SearchKey::SentSince(_) => true,
         SearchKey::And(keys) => keys.as_ref().iter().any(needs_body),
         SearchKey::Not(k) => needs_body(k),
         SearchKey::Or(a, b) => needs_body(a) || needs_body(b),
@@ -1812,6 +2377,88 @@ struct SearchCtx {
     count: u32,
     largest_uid: u32,
     body: Option<Vec<u8>>,
+    /// The saved result (sorted UIDs) when the criteria use `$`.
+    saved: Option<Vec<u32>>,
+}
+
+/// Whether a set in SEARCH criteria is where `$` stood ([`SAVED`]).
+fn is_saved_marker(set: &SequenceSet) -> bool {
+    matches!(set.0.as_ref(), [Sequence::Single(SeqOrUid::Value(n))] if n.get() == SAVED)
+}
+
+/// `numbers` (ascending) as a sequence set, consecutive runs as ranges.
+fn compressed_set(numbers: &[u32]) -> String {
+    let mut set = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let mut j = i;
+        while j + 1 < numbers.len() && numbers[j + 1] == numbers[j].wrapping_add(1) {
+            j += 1;
+        }
+        if !set.is_empty() {
+            set.push(',');
+        }
+        match i == j {
+            true => set.push_str(&numbers[i].to_string()),
+            false => set.push_str(&format!("{}:{}", numbers[i], numbers[j])),
+        }
+        i = j + 1;
+    }
+    set
+}
+
+/// `* QUOTA "" (…)` with the resources that have a limit (RFC 9208 §5.1); STORAGE in
+/// units of 1024 octets, usage rounded up.
+fn quota_line(out: &mut Vec<u8>, quota: &crate::backend::Quota) {
+    let mut resources = Vec::new();
+    if let Some((used, limit)) = quota.storage {
+        resources.push(format!("STORAGE {} {}", used.div_ceil(1024), limit / 1024));
+    }
+    if let Some((used, limit)) = quota.messages {
+        resources.push(format!("MESSAGE {used} {limit}"));
+    }
+    out.extend_from_slice(format!("* QUOTA \"\" ({})\r\n", resources.join(" ")).as_bytes());
+}
+
+/// The calendar day (days since 1970-01-01) of the message's `Date:` in its own time zone
+/// (RFC 3501 §6.4.4 SENT*): `[day-name ","] day month year time zone` (RFC 5322 §3.3, with
+/// the obsolete two- and three-digit years); `None` without a date that parses.
+fn sent_day(body: &[u8]) -> Option<i64> {
+    let (header, _) = split_header(body);
+    let (name, whole) = header_fields(header)
+        .into_iter()
+        .find(|(name, _)| name.trim_ascii().eq_ignore_ascii_case(b"Date"))?;
+    let value = String::from_utf8_lossy(&whole[name.len() + 1..]).into_owned();
+    let value = value
+        .split_once(',')
+        .map_or(value.as_str(), |(_, rest)| rest);
+    let mut words = value.split_ascii_whitespace();
+    let day: u32 = words.next()?.parse().ok()?;
+    let month = words.next()?;
+    let month = wire::MONTHS
+        .iter()
+        .position(|m| m.eq_ignore_ascii_case(month))? as u32
+        + 1;
+    let year = words.next()?;
+    if !year.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut year: i64 = year.parse().ok()?;
+    year += match year {
+        0..=49 => 2000,
+        50..=999 => 1900,
+        _ => 0,
+    };
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if day == 0 || day > days_in_month {
+        return None;
+    }
+    Some(wire::days_from_civil(year, month, day))
 }
 
 impl SearchCtx {

@@ -100,11 +100,51 @@ fn seeds() -> Vec<(Vec<u8>, Vec<&'static str>)> {
             ),
             vec!["a BAD", "b NO [TOOBIG]", "c BAD", "d OK"],
         ),
+        (
+            // The forms `tern_imap::extended` takes out before the codec: ESEARCH return
+            // options, SEARCHRES's `$`, extended LIST with STATUS, and IMAP4rev2.
+            layout(
+                LOGGED_IN,
+                9,
+                b"e SEARCH RETURN (MIN MAX COUNT SAVE) OR SUBJECT lunch KEYWORD $Later\r\n\
+                  f UID FETCH $ (FLAGS)\r\ng SEARCH RETURN (BOGUS) ALL\r\n\
+                  h LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (INBOX {1+}\r\n%) RETURN \
+                  (CHILDREN STATUS (MESSAGES SIZE))\r\ni LIST (NOPE) \"\" *\r\n\
+                  j ENABLE IMAP4rev2\r\nk SEARCH NOT $\r\nl GETQUOTAROOT INBOX\r\n",
+            ),
+            vec![
+                "* ESEARCH (TAG \"e\") MIN 1 MAX 1 COUNT 1",
+                "* 1 FETCH (UID 1 FLAGS ())",
+                "g BAD Unknown SEARCH RETURN option BOGUS",
+                "* STATUS \"INBOX\" (MESSAGES 3 SIZE",
+                "i BAD Unknown LIST selection option NOPE",
+                "* ENABLED IMAP4rev2",
+                "* ESEARCH (TAG \"k\") ALL 2:3",
+                "* QUOTAROOT \"INBOX\"\r\nl OK",
+            ],
+        ),
+        (
+            // MULTIAPPEND (RFC 3502): several literals in one command, each announced, then
+            // LIST's `\NonExistent` for a subscription whose mailbox was deleted.
+            layout(
+                LOGGED_IN,
+                6,
+                b"m APPEND INBOX (\\Seen) \"01-Jan-2024 10:00:00 +0000\" {3}\r\nabc \
+                  {2+}\r\nde ~{3}\r\nf\0g\r\nn APPEND INBOX {1}\r\nx \"bad\" {1}\r\ny\r\n\
+                  o CREATE Gone\r\np DELETE Gone\r\nq LIST (SUBSCRIBED) \"\" G*\r\n",
+            ),
+            vec![
+                "* 6 EXISTS",
+                "m OK [APPENDUID 1 4:6]",
+                "n BAD Malformed APPEND",
+                "* LIST (\\NonExistent \\Subscribed) \"/\" \"Gone\"\r\nq OK",
+            ],
+        ),
     ]
 }
 
 /// Bytes that IMAP syntax gives meaning to, and the numbers at its edges.
-const TOKENS: [&[u8]; 24] = [
+const TOKENS: [&[u8]; 30] = [
     b"{",
     b"}",
     b"(",
@@ -129,6 +169,12 @@ const TOKENS: [&[u8]; 24] = [
     b" BODY[1.2.MIME]<0.1>",
     b" (UNCHANGEDSINCE 1)",
     b"DONE\r\n",
+    b" RETURN (MIN SAVE)",
+    b" $",
+    b" RETURN (STATUS (SIZE))",
+    b"(SUBSCRIBED RECURSIVEMATCH)",
+    b"{1-}\r\n",
+    b" (\\Seen) {1}\r\nx {1}\r\n",
 ];
 
 /// xorshift64*: deterministic, no dependency.

@@ -183,6 +183,28 @@ pub enum Command {
         id: u64,
         token: u64,
     },
+    /// IMAP MULTIAPPEND (RFC 3502): the messages are appended in order with consecutive
+    /// UIDs, or none is (an unknown mailbox, an invalid flag, the quota for their total size,
+    /// more than [`MAX_APPEND_MESSAGES`]). Idempotent by key, as [`Command::Append`].
+    AppendMany {
+        account: String,
+        mailbox: String,
+        messages: Vec<AppendMessage>,
+        idempotency_key: Option<Vec<u8>>,
+        now: i64,
+    },
+}
+
+/// Most messages one [`Command::AppendMany`] carries.
+pub const MAX_APPEND_MESSAGES: usize = 1000;
+
+/// One message of a [`Command::AppendMany`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendMessage {
+    pub flags: Vec<Flag>,
+    pub internal_date: i64,
+    #[serde(with = "crate::bytes")]
+    pub body: Vec<u8>,
 }
 
 impl Command {
@@ -230,6 +252,7 @@ impl Command {
             Command::ClaimOutbound { .. } => "claim_outbound",
             Command::RecordOutbound { .. } => "record_outbound",
             Command::RemoveOutbound { .. } => "remove_outbound",
+            Command::AppendMany { .. } => "append_many",
         }
     }
 }
@@ -451,6 +474,15 @@ pub enum Reply {
     /// ClaimOutbound, RecordOutbound: the message as it is now (for a claim, with the
     /// claim's token).
     Outbound(QueuedMessage),
+    /// AppendMany, for APPENDUID: the messages got the UIDs `first_uid..=last_uid` in the
+    /// command's order, all at MODSEQ `modseq`.
+    AppendedMany {
+        mailbox_id: u64,
+        uidvalidity: u32,
+        first_uid: u32,
+        last_uid: u32,
+        modseq: u64,
+    },
 }
 
 /// Where one recipient's copy of a delivery went.

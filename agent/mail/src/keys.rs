@@ -52,9 +52,17 @@ pub const DIR: &str = "mail_dir";
 pub const MSG: &str = "mail_msg";
 /// Change index by mailbox id, MODSEQ and UID.
 pub const MODSEQ: &str = "mail_modseq";
-/// Message bodies by SHA-256.
+/// Message bodies by SHA-256, each after the log index (8 bytes, big-endian) of the entry
+/// that stored it. A body is here while a message refers to it.
 pub const BLOB: &str = "mail_blob";
-/// Reference counts of bodies.
+/// Reference counts of bodies that two or more messages share; a stored body without one has
+/// a single reference. Most bodies are delivered once, and then the state's B-tree holds
+/// nothing for them: bodies sit on a log engine whose index is in memory (see the agent's
+/// storage layout), so telling whether one exists reads no tree.
+///
+/// Bodies reach the disk before the state that refers to them (`tern_store::Split`), so a
+/// crash can leave a body that the replayed entry then stores again: it is told apart from a
+/// body stored by an earlier entry by its log index, which is not below the entry's own.
 pub const BLOBREF: &str = "mail_blobref";
 /// Responses of deliveries by idempotency key, and their expiry index.
 pub const IDEM: &str = "mail_idem";

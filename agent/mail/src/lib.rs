@@ -33,8 +33,8 @@ mod source;
 
 pub use apply::MailStateMachine;
 pub use command::{
-    Command, Delivered, Flag, Outcome, Reply, SpecialUse, StoreOp, StoredMessage, UidSet,
-    decode_response,
+    AppendMessage, Command, Delivered, Flag, MAX_APPEND_MESSAGES, Outcome, Reply, SpecialUse,
+    StoreOp, StoredMessage, UidSet, decode_response,
 };
 pub use error::MailError;
 pub use keys::KEYSPACES;

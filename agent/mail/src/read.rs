@@ -268,8 +268,11 @@ impl<'a> MailReader<'a> {
 
     /// A message body.
     pub fn blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = keys::blob(self.src.shard, &hash.0);
         self.src
-            .get(keys::BLOB, &keys::blob(self.src.shard, &hash.0))
+            .get(keys::BLOB, &key)?
+            .map(|value| source::blob_body(&key, value))
+            .transpose()
     }
 
     /// A message of the outbound queue.

@@ -23,6 +23,9 @@ pub(crate) trait Source {
 
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Whether `key` has a value, without reading it where the engine can tell (bodies).
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError>;
+
     /// Ascending scan of [start, end), at most `limit` pairs.
     fn scan(
         &self,
@@ -86,6 +89,10 @@ impl Source for Committed<'_> {
 
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.engine.get(keyspace, key)
+    }
+
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        self.engine.contains(keyspace, key)
     }
 
     fn scan(
@@ -194,18 +201,43 @@ fn range_is_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
 pub(crate) struct Txn<'a> {
     engine: &'a dyn Engine,
     shard: u32,
+    /// The log index of the entry being applied.
+    index: u64,
     staged: &'a Writes,
     pending: Writes,
 }
 
 impl<'a> Txn<'a> {
-    pub fn new(engine: &'a dyn Engine, shard: u32, staged: &'a Writes) -> Self {
+    pub fn new(engine: &'a dyn Engine, shard: u32, index: u64, staged: &'a Writes) -> Self {
         Self {
             engine,
             shard,
+            index,
             staged,
             pending: Writes::default(),
         }
+    }
+
+    /// The log index of the entry being applied (see `tern_raft::Application::apply`).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// What this command or an earlier one of its group wrote under `key`: `Some(None)` for
+    /// a delete, `None` when the group has not written it.
+    pub fn written(&self, keyspace: &'static str, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.pending
+            .get(keyspace, key)
+            .or_else(|| self.staged.get(keyspace, key))
+    }
+
+    /// The value under `key` in the state as of the previous entry, ignoring the group's writes.
+    pub fn committed(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(keyspace, key)
     }
 
     pub fn put(&mut self, keyspace: &'static str, key: Vec<u8>, value: Vec<u8>) {
@@ -261,13 +293,16 @@ impl Source for Txn<'_> {
     }
 
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self
-            .pending
-            .get(keyspace, key)
-            .or_else(|| self.staged.get(keyspace, key))
-        {
+        match self.written(keyspace, key) {
             Some(value) => Ok(value.clone()),
             None => self.engine.get(keyspace, key),
+        }
+    }
+
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        match self.written(keyspace, key) {
+            Some(value) => Ok(value.is_some()),
+            None => self.engine.contains(keyspace, key),
         }
     }
 
@@ -481,18 +516,51 @@ pub(crate) fn messages<S: Source + ?Sized>(
     .collect()
 }
 
+/// How many messages refer to the body `hash`, as the committed state (or a command's view of
+/// it) says: see [`crate::keys::BLOBREF`].
 pub(crate) fn blob_refs<S: Source + ?Sized>(src: &S, hash: &[u8; 32]) -> Result<u64, StoreError> {
     let key = keys::blob(src.shard(), hash);
-    match src.get(keys::BLOBREF, &key)? {
-        Some(v) => v
-            .as_slice()
-            .try_into()
-            .map(u64::from_be_bytes)
-            .map_err(|_| {
-                StoreError::Corrupt(format!("blob reference count at {key:02x?} is not 8 bytes"))
-            }),
-        None => Ok(0),
+    if src.contains(keys::BLOB, &key)? {
+        counted_refs(src, &key)
+    } else {
+        Ok(0)
     }
+}
+
+/// The reference count of a body that is stored: `mail_blobref`'s count, or 1 without one.
+pub(crate) fn counted_refs<S: Source + ?Sized>(src: &S, key: &[u8]) -> Result<u64, StoreError> {
+    match src.get(keys::BLOBREF, key)? {
+        Some(v) => match <[u8; 8]>::try_from(v.as_slice()).map(u64::from_be_bytes) {
+            Ok(refs) if refs >= 2 => Ok(refs),
+            _ => Err(StoreError::Corrupt(format!(
+                "blob reference count at {key:02x?} is not a count from 2 up"
+            ))),
+        },
+        None => Ok(1),
+    }
+}
+
+/// A `mail_blob` value: the log index of the entry that stored the body, then the body.
+pub(crate) fn blob_value(written_at: u64, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(8 + body.len());
+    value.extend_from_slice(&written_at.to_be_bytes());
+    value.extend_from_slice(body);
+    value
+}
+
+/// The log index a `mail_blob` value was stored at.
+pub(crate) fn blob_written_at(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    value
+        .first_chunk::<8>()
+        .map(|at| u64::from_be_bytes(*at))
+        .ok_or_else(|| StoreError::Corrupt(format!("blob at {key:02x?} has no header")))
+}
+
+/// The body of a `mail_blob` value.
+pub(crate) fn blob_body(key: &[u8], mut value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    blob_written_at(key, &value)?;
+    value.drain(..8);
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -530,12 +598,12 @@ mod tests {
         engine.write(batch, Durability::Deferred).unwrap();
         let mut model = committed.clone();
         let nothing = Writes::default();
-        let mut staged = Txn::new(engine, 0, &nothing);
+        let mut staged = Txn::new(engine, 0, 1, &nothing);
         for (k, v) in staged_writes {
             write(&mut staged, &mut model, *k, *v);
         }
         let staged = staged.into_writes();
-        let mut txn = Txn::new(engine, 0, &staged);
+        let mut txn = Txn::new(engine, 0, 1, &staged);
         for (k, v) in own_writes {
             write(&mut txn, &mut model, *k, *v);
         }

@@ -29,9 +29,16 @@ pub trait Application: Send + Sync + 'static {
     /// ([`keys::shard_key`]). They are written together with the entry's `applied` marker.
     /// A command the application refuses (bad input, quota, ...) is still applied: the refusal
     /// is its response. `Err` is for a failing engine only; it stops the shard's Raft group.
+    ///
+    /// `index` is the entry's log index: the same on every replica, and higher for every later
+    /// entry. After a crash the entries after the last durable `applied` marker are applied
+    /// again, with their own indexes, so a value an application tags with the index it was
+    /// written at tells a leftover of an interrupted apply (tagged at or above `index`) from
+    /// state written by an earlier entry.
     fn apply(
         &self,
         shard: ShardId,
+        index: u64,
         engine: &dyn Engine,
         batch: &mut Batch,
         command: &[u8],
@@ -162,9 +169,13 @@ impl<A: Application> Shared<A> {
         let response = match entry.payload {
             EntryPayload::Blank => Response::default(),
             EntryPayload::Normal(request) => {
-                let bytes =
-                    self.app
-                        .apply(self.shard, &*self.engine, &mut batch, &request.bytes)?;
+                let bytes = self.app.apply(
+                    self.shard,
+                    entry.log_id.index,
+                    &*self.engine,
+                    &mut batch,
+                    &request.bytes,
+                )?;
                 self.check_app_writes(&batch)?;
                 Response { bytes }
             }

@@ -86,6 +86,7 @@ impl Application for KvApp {
     fn apply(
         &self,
         shard: ShardId,
+        _index: u64,
         engine: &dyn Engine,
         batch: &mut Batch,
         command: &[u8],

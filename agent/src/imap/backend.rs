@@ -10,11 +10,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tern_imap::backend::{ChangePage, MessageChange};
 use tern_imap::command_scope;
 use tern_imap::{
-    Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
-    MessageMeta, SpecialUse, StoreOutcome,
+    Account, AppendItem, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo,
+    MailboxStatus, MessageMeta, SpecialUse, StoreOutcome,
 };
 use tern_mail::{
-    ChangeCursor, Command, Flag, MailError, MailReader, Message, Reply, StoreOp, UidSet,
+    AppendMessage, ChangeCursor, Command, Flag, MailError, MailReader, Message, Reply, StoreOp,
+    UidSet,
 };
 use tern_raft::ShardId;
 use tern_store::StoreError;
@@ -371,6 +372,18 @@ impl Backend for StoreBackend {
         .await
     }
 
+    async fn quota(&self, account: &Account) -> BackendResult<tern_imap::Quota> {
+        // The account record's limit and usage: STORAGE only (the store limits no count).
+        self.read(account, |r, address| {
+            let record = r.account(address)?;
+            Ok(tern_imap::Quota {
+                storage: record.and_then(|a| a.quota_bytes.map(|limit| (a.used_bytes, limit))),
+                messages: None,
+            })
+        })
+        .await
+    }
+
     async fn create(&self, account: &Account, mailbox: &str) -> BackendResult<()> {
         let command = Command::CreateMailbox {
             account: account.name.clone(),
@@ -563,6 +576,51 @@ impl Backend for StoreBackend {
         }
     }
 
+    fn supports_append_many(&self) -> bool {
+        true
+    }
+
+    async fn append_many(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        messages: Vec<AppendItem>,
+    ) -> BackendResult<(u32, Vec<u32>)> {
+        let messages = messages
+            .into_iter()
+            .map(|m| {
+                Ok(AppendMessage {
+                    flags: parse_flags(&m.flags)?,
+                    internal_date: m.internal_date.saturating_mul(1000),
+                    body: m.message,
+                })
+            })
+            .collect::<BackendResult<Vec<_>>>()?;
+        // One entry for all the messages, so the store applies them as one: all or none.
+        // Its key makes a re-proposal after a leader change store them once.
+        let command = Command::AppendMany {
+            account: account.name.clone(),
+            mailbox: mailbox.to_owned(),
+            messages,
+            idempotency_key: Some(idempotency_key()?),
+            now: unix_ms(),
+        };
+        match self.write(account, command, true).await? {
+            Reply::AppendedMany {
+                uidvalidity,
+                first_uid,
+                last_uid,
+                ..
+            } => Ok((uidvalidity, (first_uid..=last_uid).collect())),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn subscriptions(&self, account: &Account) -> BackendResult<Vec<String>> {
+        self.read(account, |r, address| Ok(r.subscriptions(address)?))
+            .await
+    }
+
     async fn store(
         &self,
         account: &Account,
@@ -689,6 +747,14 @@ mod unit {
             parse_flags(&["\\Bogus".into()]),
             Err(BackendError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn the_session_and_the_store_allow_as_many_messages_per_append() {
+        assert_eq!(
+            tern_imap::session::MAX_APPEND_MESSAGES,
+            tern_mail::MAX_APPEND_MESSAGES
+        );
     }
 
     #[test]

@@ -55,8 +55,8 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tern_crds::ShardAssignment;
 use tern_imap::{
-    Account, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo, MailboxStatus,
-    MessageMeta, RelayRequest, RelayStream, Server, StoreOutcome,
+    Account, AppendItem, AuthVerdict, Backend, BackendError, BackendResult, FlagOp, MailboxInfo,
+    MailboxStatus, MessageMeta, RelayRequest, RelayStream, Server, StoreOutcome,
 };
 use tern_raft::{NodeId, ShardId};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -332,6 +332,9 @@ impl Backend for RoutingBackend {
     async fn status(&self, account: &Account, mailbox: &str) -> BackendResult<MailboxStatus> {
         self.store.status(account, mailbox).await
     }
+    async fn quota(&self, account: &Account) -> BackendResult<tern_imap::Quota> {
+        self.store.quota(account).await
+    }
     async fn create(&self, account: &Account, mailbox: &str) -> BackendResult<()> {
         self.store.create(account, mailbox).await
     }
@@ -343,6 +346,20 @@ impl Backend for RoutingBackend {
     }
     async fn subscribe(&self, account: &Account, mailbox: &str, on: bool) -> BackendResult<()> {
         self.store.subscribe(account, mailbox, on).await
+    }
+    async fn subscriptions(&self, account: &Account) -> BackendResult<Vec<String>> {
+        self.store.subscriptions(account).await
+    }
+    fn supports_append_many(&self) -> bool {
+        self.store.supports_append_many()
+    }
+    async fn append_many(
+        &self,
+        account: &Account,
+        mailbox: &str,
+        messages: Vec<AppendItem>,
+    ) -> BackendResult<(u32, Vec<u32>)> {
+        self.store.append_many(account, mailbox, messages).await
     }
     async fn messages(
         &self,

@@ -247,21 +247,42 @@ impl<'a, N: Iterator<Item = Pending<'a>>, O: Iterator<Item = Pending<'a>>> Itera
     }
 }
 
+impl Buffered {
+    /// What the overlay levels say about `key` (`Some(None)`: deleted there), taken from the
+    /// first level that has it; `None` when only the inner engine can answer.
+    fn overlaid<T>(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+        found: impl Fn(Option<&Vec<u8>>) -> T,
+    ) -> Option<T> {
+        let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = active.get(keyspace, key) {
+            return Some(found(value));
+        }
+        // The frozen level is read before the active lock is released, so a flush cannot
+        // move the key from the active level past this reader.
+        let frozen = self.frozen.read().unwrap_or_else(PoisonError::into_inner);
+        frozen
+            .as_deref()
+            .and_then(|f| f.get(keyspace, key))
+            .map(found)
+    }
+}
+
 impl Engine for Buffered {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        {
-            let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(found) = active.get(keyspace, key) {
-                return Ok(found.cloned());
-            }
-            // The frozen level is read before the active lock is released, so a flush
-            // cannot move the key from the active level past this reader.
-            let frozen = self.frozen.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(found) = frozen.as_deref().and_then(|f| f.get(keyspace, key)) {
-                return Ok(found.cloned());
-            }
+        match self.overlaid(keyspace, key, |value| value.cloned()) {
+            Some(value) => Ok(value),
+            None => self.inner.get(keyspace, key),
         }
-        self.inner.get(keyspace, key)
+    }
+
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        match self.overlaid(keyspace, key, |value| value.is_some()) {
+            Some(present) => Ok(present),
+            None => self.inner.contains(keyspace, key),
+        }
     }
 
     fn scan(

@@ -20,6 +20,13 @@ pub trait Engine: Send + Sync + 'static {
     /// The value stored under `key`, if any.
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Whether a value is stored under `key`. Engines that can answer without reading the
+    /// value (the log engine keeps its index in memory) do so; large values are then never
+    /// read just to learn that they exist.
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.get(keyspace, key)?.is_some())
+    }
+
     /// Ordered scan of [start, end) (either bound optional), at most `limit` pairs, ascending or
     /// descending. A range whose start lies after its end is empty.
     fn scan(

@@ -568,6 +568,15 @@ impl Engine for LogEngine {
         read_value(&file, &loc).map(Some)
     }
 
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        validate_keyspace(keyspace)?;
+        let state = self.read_state();
+        Ok(state
+            .keyspaces
+            .get(keyspace)
+            .is_some_and(|s| s.get(key).is_some()))
+    }
+
     fn scan(
         &self,
         keyspace: &'static str,

@@ -72,6 +72,10 @@ impl Engine for Split {
         self.engine(keyspace).get(keyspace, key)
     }
 
+    fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
+        self.engine(keyspace).contains(keyspace, key)
+    }
+
     fn scan(
         &self,
         keyspace: &'static str,

@@ -145,8 +145,15 @@ fn delete(engine: &dyn Engine, keyspace: &'static str, key: &[u8]) {
     engine.write(batch, Durability::Immediate).expect("delete");
 }
 
+/// The value under `key`; also checks that `contains` agrees with it.
 fn get(engine: &dyn Engine, keyspace: &'static str, key: &[u8]) -> Option<Vec<u8>> {
-    engine.get(keyspace, key).expect("get")
+    let value = engine.get(keyspace, key).expect("get");
+    assert_eq!(
+        engine.contains(keyspace, key).expect("contains"),
+        value.is_some(),
+        "contains and get disagree on {key:02x?}"
+    );
+    value
 }
 
 fn all(engine: &dyn Engine, keyspace: &'static str) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -6,7 +6,9 @@ use tern_store::StoreError;
 
 use super::directory::{put_account, put_mailbox, require_account, require_mailbox};
 use super::{Fail, Step};
-use crate::command::{Delivered, Flag, Reply, StoreOp, StoredMessage, UidSet};
+use crate::command::{
+    AppendMessage, Delivered, Flag, MAX_APPEND_MESSAGES, Reply, StoreOp, StoredMessage, UidSet,
+};
 use crate::error::MailError;
 use crate::keys;
 use crate::names::{INBOX, normalize_address, normalize_mailbox_name};
@@ -84,20 +86,43 @@ fn count_out(mailbox: &mut Mailbox, message: &Message) {
 /// Takes a reference to the body `hash`, storing `body` when it is the first one. Without a
 /// body (copies) the blob must already be referenced.
 pub(super) fn blob_incref(txn: &mut Txn<'_>, hash: &BlobHash, body: Option<&[u8]>) -> Step<()> {
-    let refs = source::blob_refs(txn, &hash.0)?;
     let key = keys::blob(txn.shard(), &hash.0);
-    if refs == 0 {
-        match body {
-            Some(body) => txn.put(keys::BLOB, key.clone(), body.to_vec()),
-            None => {
-                return Err(Fail::Store(StoreError::Corrupt(format!(
-                    "message refers to blob {hash} that has no references"
-                ))));
-            }
+    let refs = match body {
+        Some(_) => stored_refs(txn, &key)?,
+        // The message copied refers to the body, so it is no leftover.
+        None => source::blob_refs(txn, &hash.0)?,
+    };
+    match (refs, body) {
+        (0, Some(body)) => {
+            let value = source::blob_value(txn.index(), body);
+            txn.put(keys::BLOB, key, value);
         }
+        (0, None) => {
+            return Err(Fail::Store(StoreError::Corrupt(format!(
+                "message refers to blob {hash} that has no references"
+            ))));
+        }
+        (refs, _) => txn.put(keys::BLOBREF, key, (refs + 1).to_be_bytes().to_vec()),
     }
-    txn.put(keys::BLOBREF, key, (refs + 1).to_be_bytes().to_vec());
     Ok(())
+}
+
+/// The references to the body under `key` before a command stores it: a body on disk that an
+/// interrupted apply of this entry (or a later one) left there counts as none, since the state
+/// refers to it only once this entry is applied (see [`keys::BLOBREF`]).
+fn stored_refs(txn: &Txn<'_>, key: &[u8]) -> Result<u64, StoreError> {
+    let stored = match txn.written(keys::BLOB, key) {
+        Some(value) => value.is_some(),
+        None => match txn.committed(keys::BLOB, key)? {
+            Some(value) => source::blob_written_at(key, &value)? < txn.index(),
+            None => false,
+        },
+    };
+    if stored {
+        source::counted_refs(txn, key)
+    } else {
+        Ok(0)
+    }
 }
 
 /// Drops a reference to the body `hash`; the last one deletes it.
@@ -109,7 +134,10 @@ pub(super) fn blob_decref(txn: &mut Txn<'_>, hash: &BlobHash) -> Step<()> {
             "message refers to blob {hash} that has no references"
         )))),
         1 => {
-            txn.delete(keys::BLOB, key.clone());
+            txn.delete(keys::BLOB, key);
+            Ok(())
+        }
+        2 => {
             txn.delete(keys::BLOBREF, key);
             Ok(())
         }
@@ -346,6 +374,59 @@ pub(super) fn append(
         mailbox_id: mailbox.id,
         uidvalidity: mailbox.uidvalidity,
         uid: message.uid,
+        modseq,
+    })
+}
+
+/// All of `messages` or none: everything that can refuse the command is checked before the
+/// first message is inserted, and a refusal discards the command's writes anyway.
+pub(super) fn append_many(
+    txn: &mut Txn<'_>,
+    account: &str,
+    mailbox: &str,
+    messages: &[AppendMessage],
+) -> Step<Reply> {
+    if messages.is_empty() || messages.len() > MAX_APPEND_MESSAGES {
+        return Err(MailError::InvalidCommand(format!(
+            "an append carries 1 to {MAX_APPEND_MESSAGES} messages, not {}",
+            messages.len()
+        ))
+        .into());
+    }
+    let mut account = require_account(txn, account)?;
+    let mut mailbox = require_mailbox(txn, &account, mailbox)?;
+    let flags = messages
+        .iter()
+        .map(|m| flag_set(&m.flags))
+        .collect::<Result<Vec<_>, _>>()?;
+    let total: u64 = messages.iter().map(|m| m.body.len() as u64).sum();
+    quota_allows(&account, total)?;
+    check_uid_space(&mailbox, messages.len() as u64)?;
+    // One MODSEQ for the whole command, as COPY gives its copies.
+    let modseq = next_modseq(&mut mailbox);
+    let first_uid = mailbox.uidnext;
+    let mut last_uid = first_uid;
+    for (message, flags) in messages.iter().zip(flags) {
+        last_uid = insert_message(
+            txn,
+            &mut account,
+            &mut mailbox,
+            flags,
+            message.internal_date,
+            message.body.len() as u64,
+            BlobHash::of(&message.body),
+            Some(&message.body),
+            modseq,
+        )?
+        .uid;
+    }
+    put_mailbox(txn, &mailbox);
+    put_account(txn, &account);
+    Ok(Reply::AppendedMany {
+        mailbox_id: mailbox.id,
+        uidvalidity: mailbox.uidvalidity,
+        first_uid,
+        last_uid,
         modseq,
     })
 }

@@ -58,7 +58,8 @@ impl MailStateMachine {
         KEYSPACES
     }
 
-    /// Applies one encoded [`Command`] for `shard`.
+    /// Applies one encoded [`Command`] for `shard`, as the entry at log index `index` (every
+    /// entry's index is higher than the previous one's, as in a Raft log).
     ///
     /// Reads the state as of the previous entry through `engine` (ops already in `batch` are
     /// not read, so the caller writes each entry's batch before applying the next) and, when
@@ -74,11 +75,12 @@ impl MailStateMachine {
     pub fn apply(
         &self,
         shard: u32,
+        index: u64,
         engine: &dyn Engine,
         batch: &mut Batch,
         command: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
-        let mut group = Group::new(engine, shard);
+        let mut group = Group::new(engine, shard, index);
         let response = group.apply(command)?;
         group.write_to(batch);
         Ok(response)
@@ -101,11 +103,12 @@ impl MailStateMachine {
     pub fn apply_many(
         &self,
         shard: u32,
+        index: u64,
         engine: &dyn Engine,
         batch: &mut Batch,
         commands: &[&[u8]],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut group = Group::new(engine, shard);
+        let mut group = Group::new(engine, shard, index);
         let responses = commands
             .iter()
             .map(|command| group.apply(command))
@@ -120,6 +123,8 @@ impl MailStateMachine {
 struct Group<'a> {
     engine: &'a dyn Engine,
     shard: u32,
+    /// The entry's log index.
+    index: u64,
     /// The writes of the commands that succeeded so far.
     staged: Writes,
     /// No idempotency time-index entry lies below this key (in the engine overlaid with
@@ -130,10 +135,11 @@ struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
-    fn new(engine: &'a dyn Engine, shard: u32) -> Self {
+    fn new(engine: &'a dyn Engine, shard: u32, index: u64) -> Self {
         Self {
             engine,
             shard,
+            index,
             staged: Writes::default(),
             prune_from: keys::idem_times(shard),
         }
@@ -145,7 +151,7 @@ impl<'a> Group<'a> {
             Err(e) => return Ok(encode_outcome(&Err(e))),
         };
         let shard = self.shard;
-        let mut txn = Txn::new(self.engine, shard, &self.staged);
+        let mut txn = Txn::new(self.engine, shard, self.index, &self.staged);
         let idempotency = match idempotency(&command) {
             Ok(idempotency) => idempotency,
             Err(e) => return Ok(encode_outcome(&Err(e))),
@@ -298,6 +304,13 @@ fn execute(txn: &mut Txn<'_>, command: Command) -> Step<Reply> {
             now: _,
         } => queue::record(txn, id, token, &outcomes, next_attempt, release),
         Command::RemoveOutbound { id, token } => queue::remove(txn, id, token),
+        Command::AppendMany {
+            account,
+            mailbox,
+            messages,
+            idempotency_key: _,
+            now: _,
+        } => messages::append_many(txn, &account, &mailbox, &messages),
     }
 }
 
@@ -310,6 +323,11 @@ fn idempotency(command: &Command) -> Result<Option<(Vec<u8>, i64)>, MailError> {
             ..
         } => (idempotency_key, *now),
         Command::Append {
+            idempotency_key: Some(idempotency_key),
+            now,
+            ..
+        } => (idempotency_key, *now),
+        Command::AppendMany {
             idempotency_key: Some(idempotency_key),
             now,
             ..

@@ -29,11 +29,26 @@ fn group_and_compare(name: &str, prepare: &[Command], group: &[Command]) -> (Sha
         "a group answers as its commands one by one"
     );
     assert!(
-        grouped.dump() == one_by_one.dump(),
+        untagged(grouped.dump()) == untagged(one_by_one.dump()),
         "a group leaves the state its commands one by one leave"
     );
     let outcomes = responses.iter().map(|r| decode_response(r)).collect();
     (grouped, outcomes)
+}
+
+/// A dump without the log index each body is stored at: one entry for the group, or one
+/// per command, stores the same bodies at different indexes.
+fn untagged(
+    mut dump: Vec<(&'static str, Vec<tern_store::KeyValue>)>,
+) -> Vec<(&'static str, Vec<tern_store::KeyValue>)> {
+    for (keyspace, rows) in &mut dump {
+        if *keyspace == "mail_blob" {
+            for (_, value) in rows.iter_mut() {
+                value.drain(..8);
+            }
+        }
+    }
+    dump
 }
 
 fn alice_setup() -> Vec<Command> {
@@ -253,9 +268,10 @@ fn a_group_writes_each_key_once() {
         .map(|r| delivered_to_one(&decode_response(r)).uid)
         .collect();
     assert_eq!(uids, (1..=n as u32).collect::<Vec<_>>());
-    // Per message a blob, its reference count, the message, its change record and the
-    // idempotency record with its expiry entry; the account and the mailbox once.
-    assert_eq!(ops, 6 * n + 2);
+    // Per message a blob (a body used once has no reference count), the message, its change
+    // record and the idempotency record with its expiry entry; the account and the mailbox
+    // once.
+    assert_eq!(ops, 5 * n + 2);
 }
 
 /// Clocks that make groups prune: bursts near T0 and past the TTL for them, out of order
@@ -308,7 +324,7 @@ proptest! {
         for command in &setup {
             one_by_one.apply_bytes(command);
         }
-        prop_assert!(grouped.dump() == one_by_one.dump(), "setup as a group differs");
+        prop_assert!(untagged(grouped.dump()) == untagged(one_by_one.dump()), "setup as a group differs");
         let mut group: Vec<Vec<u8>> = Vec::new();
         let last = commands.len() - 1;
         for (i, (command, cut)) in commands.iter().enumerate() {
@@ -330,7 +346,11 @@ proptest! {
                 prop_assert_eq!(got, want);
             }
             prop_assert_eq!(responses.len(), group.len());
-            prop_assert!(grouped.dump() == one_by_one.dump(), "states differ after command {}", i);
+            prop_assert!(
+                untagged(grouped.dump()) == untagged(one_by_one.dump()),
+                "states differ after command {}",
+                i
+            );
             group.clear();
         }
     }

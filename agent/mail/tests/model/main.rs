@@ -9,7 +9,7 @@ mod queue;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tern_mail::{
     Command, KEYSPACES, MailReader, MailStateMachine, Outcome, Reply, decode_response,
@@ -47,6 +47,8 @@ impl Drop for TempDir {
 pub struct Shard {
     pub engine: Arc<dyn Engine>,
     pub shard: u32,
+    /// The log index of the last entry applied.
+    pub index: Arc<AtomicU64>,
     _dir: Option<Arc<TempDir>>,
 }
 
@@ -57,6 +59,7 @@ impl Shard {
         Shard {
             engine,
             shard: 0,
+            index: Arc::default(),
             _dir: Some(Arc::new(dir)),
         }
     }
@@ -66,8 +69,14 @@ impl Shard {
         Shard {
             engine: self.engine.clone(),
             shard,
+            index: Arc::default(),
             _dir: self._dir.clone(),
         }
+    }
+
+    /// The log index of the next entry.
+    pub fn next_index(&self) -> u64 {
+        self.index.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Applies raw command bytes as the Raft layer would: one batch per entry, written before
@@ -75,7 +84,13 @@ impl Shard {
     pub fn apply_bytes(&self, command: &[u8]) -> (Vec<u8>, usize) {
         let mut batch = Batch::new();
         let response = MailStateMachine::new()
-            .apply(self.shard, &*self.engine, &mut batch, command)
+            .apply(
+                self.shard,
+                self.next_index(),
+                &*self.engine,
+                &mut batch,
+                command,
+            )
             .expect("apply reads the engine");
         let ops = batch.len();
         self.write(batch);
@@ -88,7 +103,13 @@ impl Shard {
         let mut batch = Batch::new();
         let commands: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
         let responses = MailStateMachine::new()
-            .apply_many(self.shard, &*self.engine, &mut batch, &commands)
+            .apply_many(
+                self.shard,
+                self.next_index(),
+                &*self.engine,
+                &mut batch,
+                &commands,
+            )
             .expect("apply_many reads the engine");
         let ops = batch.len();
         self.write(batch);

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use tern_mail::{
-    BlobHash, Command, Delivered, Flag, IDEMPOTENCY_TTL_MS, INBOX, MailError, Reply, StoreOp,
-    StoredMessage, UidSet, decode_response,
+    AppendMessage, BlobHash, Command, Delivered, Flag, IDEMPOTENCY_TTL_MS, INBOX, MailError, Reply,
+    StoreOp, StoredMessage, UidSet, decode_response,
 };
 
 use crate::{Shard, T0, append, appended_uid, deliver, with_alice};
@@ -1109,4 +1109,263 @@ fn rows_of_shard(s: &Shard, shard: u32) -> Vec<(&'static str, Vec<tern_store::Ke
             (ks, rows)
         })
         .collect()
+}
+
+fn append_many(key: Option<&str>, mailbox: &str, bodies: &[(&[u8], Vec<Flag>)]) -> Command {
+    Command::AppendMany {
+        account: "alice@example.com".into(),
+        mailbox: mailbox.into(),
+        messages: bodies
+            .iter()
+            .enumerate()
+            .map(|(i, (body, flags))| AppendMessage {
+                flags: flags.clone(),
+                internal_date: T0 + i as i64 * 1000,
+                body: body.to_vec(),
+            })
+            .collect(),
+        idempotency_key: key.map(|k| k.as_bytes().to_vec()),
+        now: T0,
+    }
+}
+
+#[test]
+fn append_many_gives_consecutive_uids_in_order() {
+    let s = with_alice("append-many");
+    s.ok(&append("alice@example.com", INBOX, vec![], b"first"));
+    let before = inbox(&s, "alice@example.com");
+    let reply = s.ok(&append_many(
+        None,
+        INBOX,
+        &[
+            (b"one", vec![Flag::Seen]),
+            (b"two", vec![]),
+            // The same body twice is stored once.
+            (b"one", vec![Flag::Keyword("$Work".into()), Flag::Flagged]),
+        ],
+    ));
+    assert_eq!(
+        reply,
+        Reply::AppendedMany {
+            mailbox_id: before.id,
+            uidvalidity: before.uidvalidity,
+            first_uid: 2,
+            last_uid: 4,
+            modseq: before.highestmodseq + 1,
+        }
+    );
+    let messages = s.read().messages(before.id, 2..=4, 10).unwrap().messages;
+    let got: Vec<(u32, i64, u64, BTreeSet<Flag>)> = messages
+        .iter()
+        .map(|m| (m.uid, m.internal_date, m.modseq, m.flags.clone()))
+        .collect();
+    let modseq = before.highestmodseq + 1;
+    assert_eq!(
+        got,
+        [
+            (2, T0, modseq, [Flag::Seen].into()),
+            (3, T0 + 1000, modseq, BTreeSet::new()),
+            (
+                4,
+                T0 + 2000,
+                modseq,
+                [Flag::Flagged, Flag::Keyword("$Work".into())].into()
+            ),
+        ]
+    );
+    assert_eq!(messages[0].blob, messages[2].blob);
+    assert_eq!(
+        s.read().blob(&messages[1].blob).unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    let after = inbox(&s, "alice@example.com");
+    assert_eq!(
+        (after.uidnext, after.messages, after.unseen, after.size),
+        (5, 4, 3, 5 + 3 + 3 + 3)
+    );
+    let account = s.read().account("alice@example.com").unwrap().unwrap();
+    assert_eq!((account.messages, account.used_bytes), (4, 14));
+}
+
+#[test]
+fn append_many_is_refused_whole() {
+    let s = Shard::new("append-many-refused");
+    s.domain("example.com");
+    s.account("alice@example.com", Some(10));
+    s.ok(&append("alice@example.com", INBOX, vec![], b"1234"));
+    // 4 used + 3 + 3 = 10 fits; 4 + 3 + 3 + 1 does not, so none of the four is stored.
+    let refused = s.err(&append_many(
+        Some("k1"),
+        INBOX,
+        &[(b"abc", vec![]), (b"def", vec![]), (b"g", vec![])],
+    ));
+    assert!(
+        matches!(
+            refused,
+            MailError::QuotaExceeded {
+                used_bytes: 4,
+                needed_bytes: 7,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    // An invalid flag on the last message refuses the first ones too.
+    assert_eq!(
+        s.err(&append_many(
+            None,
+            INBOX,
+            &[(b"a", vec![]), (b"b", vec![Flag::Keyword("x y".into())])],
+        )),
+        MailError::InvalidFlag("x y".into())
+    );
+    assert_eq!(
+        s.err(&append_many(None, "Nowhere", &[(b"a", vec![])])),
+        MailError::NoSuchMailbox("Nowhere".into())
+    );
+    assert!(matches!(
+        s.err(&append_many(None, INBOX, &[])),
+        MailError::InvalidCommand(_)
+    ));
+    let body: &[u8] = b"";
+    let too_many: Vec<(&[u8], Vec<Flag>)> = (0..=tern_mail::MAX_APPEND_MESSAGES)
+        .map(|_| (body, vec![]))
+        .collect();
+    assert!(matches!(
+        s.err(&append_many(None, INBOX, &too_many)),
+        MailError::InvalidCommand(_)
+    ));
+    // The refused key was not remembered: the command that fits goes through with it.
+    let reply = s.ok(&append_many(
+        Some("k1"),
+        INBOX,
+        &[(b"abc", vec![]), (b"def", vec![])],
+    ));
+    assert!(
+        matches!(
+            reply,
+            Reply::AppendedMany {
+                first_uid: 2,
+                last_uid: 3,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+}
+
+#[test]
+fn append_many_retried_with_its_key_is_stored_once() {
+    let s = with_alice("append-many-idem");
+    let command = append_many(
+        Some("imap-multi-1"),
+        INBOX,
+        &[(b"x", vec![]), (b"y", vec![Flag::Draft])],
+    );
+    let (first, _) = s.apply_bytes(&command.encode());
+    let (second, ops) = s.apply_bytes(&command.encode());
+    assert_eq!(first, second);
+    assert_eq!(ops, 0, "the retry writes nothing");
+    let inbox = inbox(&s, "alice@example.com");
+    assert_eq!(uids_of(&s, inbox.id), [1, 2]);
+    // In one group (a re-proposal landing in the same entry) as well.
+    let again = append_many(Some("imap-multi-2"), INBOX, &[(b"z", vec![])]);
+    let (responses, _) = s.apply_group(&[again.encode(), again.encode()]);
+    assert_eq!(responses[0], responses[1]);
+    assert_eq!(uids_of(&s, inbox.id), [1, 2, 3]);
+}
+
+fn rows(s: &Shard, keyspace: &str) -> usize {
+    s.dump()
+        .into_iter()
+        .find(|(ks, _)| *ks == keyspace)
+        .map_or(0, |(_, rows)| rows.len())
+}
+
+/// What a crash can leave: a body written to disk ahead of the state that refers to it, for
+/// the entry with log index `index`.
+fn leave_body(s: &Shard, index: u64, body: &[u8]) {
+    let key = [&s.shard.to_be_bytes()[..], &BlobHash::of(body).0].concat();
+    let mut batch = tern_store::Batch::new();
+    batch.put("mail_blob", key, [&index.to_be_bytes()[..], body].concat());
+    s.engine
+        .write(batch, tern_store::Durability::Immediate)
+        .unwrap();
+}
+
+#[test]
+fn bodies_count_their_references_and_shared_ones_alone_have_a_count() {
+    let s = with_alice("blob-refs");
+    let body = b"Subject: shared\r\n\r\nsame bytes\r\n";
+    let hash = BlobHash::of(body);
+    s.ok(&deliver("one", &["alice@example.com"], body));
+    assert_eq!(s.read().blob_refs(&hash).unwrap(), 1);
+    assert_eq!(rows(&s, "mail_blobref"), 0, "a body used once has no count");
+    s.ok(&deliver("two", &["alice@example.com"], body));
+    s.ok(&deliver("three", &["alice@example.com"], body));
+    assert_eq!(s.read().blob_refs(&hash).unwrap(), 3);
+    assert_eq!(rows(&s, "mail_blobref"), 1);
+    assert_eq!(rows(&s, "mail_blob"), 1);
+    s.ok(&store(
+        "INBOX",
+        UidSet::range(1, 2),
+        StoreOp::Add,
+        vec![Flag::Deleted],
+        None,
+    ));
+    s.ok(&expunge("INBOX", None));
+    assert_eq!(s.read().blob_refs(&hash).unwrap(), 1);
+    assert_eq!(
+        rows(&s, "mail_blobref"),
+        0,
+        "back to one reference: no count"
+    );
+    assert_eq!(s.read().blob(&hash).unwrap().as_deref(), Some(&body[..]));
+    s.ok(&store(
+        "INBOX",
+        UidSet::single(3),
+        StoreOp::Add,
+        vec![Flag::Deleted],
+        None,
+    ));
+    s.ok(&expunge("INBOX", None));
+    assert_eq!(s.read().blob_refs(&hash).unwrap(), 0);
+    assert_eq!(
+        rows(&s, "mail_blob"),
+        0,
+        "the last reference takes the body"
+    );
+}
+
+#[test]
+fn a_body_left_by_an_interrupted_apply_is_not_counted_as_a_reference() {
+    let s = with_alice("blob-leftover");
+    let body = b"Subject: replayed\r\n\r\nwritten twice\r\n";
+    let hash = BlobHash::of(body);
+    // The entry about to be applied wrote its body, then the node crashed before the state
+    // referring to it was durable; Raft applies that entry again.
+    let next = s.index.load(std::sync::atomic::Ordering::Relaxed) + 1;
+    leave_body(&s, next, body);
+    s.ok(&deliver("replayed", &["alice@example.com"], body));
+    assert_eq!(s.read().blob_refs(&hash).unwrap(), 1);
+    assert_eq!(rows(&s, "mail_blobref"), 0);
+    s.ok(&store(
+        "INBOX",
+        UidSet::single(1),
+        StoreOp::Add,
+        vec![Flag::Deleted],
+        None,
+    ));
+    s.ok(&expunge("INBOX", None));
+    assert_eq!(
+        rows(&s, "mail_blob"),
+        0,
+        "expunging the one message frees the body"
+    );
+
+    // A body stored by an earlier entry is a reference, even when it is not in the staged
+    // writes of the group.
+    s.ok(&deliver("first", &["alice@example.com"], body));
+    s.ok(&deliver("second", &["alice@example.com"], body));
+    assert_eq!(s.read().blob_refs(&hash).unwrap(), 2);
 }

@@ -31,7 +31,7 @@
 //! | `TERN_DNS_SERVERS` | DNS servers for SPF, DKIM and DMARC checks (default: the system's): see [`crate::smtp::auth_results`] |
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -206,6 +206,54 @@ fn rpc_addr(node: &Node) -> Result<SocketAddr, String> {
     }
 }
 
+/// The layout of what an agent keeps in `TERN_DATA_DIR` (`FORMAT` holds it). 2: message bodies
+/// carry the log index of the entry that stored them, and only shared bodies have a reference
+/// count.
+const DATA_FORMAT: u32 = 2;
+
+/// Refuses a data directory in a layout this agent cannot read, rather than misreading it;
+/// marks a new one with [`DATA_FORMAT`], durably, before anything is stored in it.
+fn check_data_format(dir: &Path) -> Result<(), String> {
+    let marker = dir.join("FORMAT");
+    let found = match std::fs::read_to_string(&marker) {
+        Ok(text) => Some(text.trim().parse::<u32>().map_err(|_| {
+            format!(
+                "{} does not hold a data format number: {text:?}",
+                marker.display()
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", marker.display())),
+    };
+    let stored = ["state", "bodies", "log"]
+        .iter()
+        .any(|sub| dir.join(sub).exists());
+    match found {
+        Some(DATA_FORMAT) => Ok(()),
+        Some(other) => Err(format!(
+            "{} holds data in format {other}; this agent reads format {DATA_FORMAT} only",
+            dir.display()
+        )),
+        None if stored => Err(format!(
+            "{} holds data written before data formats were recorded (format 1), which this \
+             agent (format {DATA_FORMAT}) would misread: recreate the cluster's volumes, or run \
+             the release that wrote them",
+            dir.display()
+        )),
+        None => {
+            let temporary = dir.join("FORMAT.new");
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&temporary)?;
+                std::io::Write::write_all(&mut file, format!("{DATA_FORMAT}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temporary, &marker)?;
+                std::fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| format!("{}: {e}", marker.display()))
+        }
+    }
+}
+
 /// Opens the store, waits until the assignment names this node, then runs its shards, the
 /// RPC server, the admin API and the mail listeners. Returns once they run.
 async fn start_store(
@@ -222,6 +270,7 @@ async fn start_store(
         Some(other) => return Err(format!("TERN_STORE_ENGINE={other}: expected redb or sled")),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    check_data_format(&dir)?;
     // Two engines: the Raft logs, whose appends wait for fsyncs, and the shards' state, whose
     // writes then never queue behind them (see tern-raft's durability notes). The logs are
     // append-only segments whatever TERN_STORE_ENGINE says: a log entry is written once, read
@@ -452,4 +501,40 @@ async fn start_mail(
         }
     }
     Ok(listeners)
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_new_directory_is_marked_and_old_or_foreign_ones_are_refused() {
+        let dir = tern_raft::testing::TempDir::new("data-format");
+        check_data_format(dir.path()).expect("a new directory is marked");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+            format!("{DATA_FORMAT}\n")
+        );
+        check_data_format(dir.path()).expect("its own format is accepted");
+
+        std::fs::write(dir.path().join("FORMAT"), "1\n").unwrap();
+        let refused = check_data_format(dir.path()).unwrap_err();
+        assert!(refused.contains("format 1"), "{refused}");
+
+        std::fs::write(dir.path().join("FORMAT"), "two").unwrap();
+        assert!(check_data_format(dir.path()).is_err());
+
+        // Data from before the marker existed.
+        std::fs::remove_file(dir.path().join("FORMAT")).unwrap();
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let refused = check_data_format(dir.path()).unwrap_err();
+        assert!(
+            refused.contains("before data formats were recorded"),
+            "{refused}"
+        );
+        assert!(
+            !dir.path().join("FORMAT").exists(),
+            "nothing marked on refusal"
+        );
+    }
 }

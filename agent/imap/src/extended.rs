@@ -13,6 +13,7 @@
 //! message, and anything else, goes to the codec unchanged. Malformed extension syntax is an
 //! error with a text for the client's `BAD`, never a panic.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use imap_codec::CommandCodec;
@@ -174,35 +175,36 @@ enum Kind {
 }
 
 #[derive(Clone, Debug)]
-struct Token {
+struct Token<'m> {
     kind: Kind,
     /// The token's bytes on the wire.
     span: Range<usize>,
-    /// Its value: an atom's bytes, a quoted string's unescaped bytes, a literal's data.
-    value: Vec<u8>,
+    /// Its value: an atom's bytes, a quoted string's unescaped bytes, a literal's data (the
+    /// message's own bytes, not copied: an APPEND's literal is the whole message).
+    value: Cow<'m, [u8]>,
 }
 
 /// Splits `msg` into tokens from `at` on, up to and including the final CRLF.
-fn lex(msg: &[u8], mut at: usize) -> Result<Vec<Token>, String> {
+fn lex(msg: &[u8], mut at: usize) -> Result<Vec<Token<'_>>, String> {
     let mut tokens = Vec::new();
     while at < msg.len() {
         let start = at;
         let (kind, value) = match msg[at] {
             b' ' => {
                 at += 1;
-                (Kind::Space, Vec::new())
+                (Kind::Space, Cow::Borrowed(&[][..]))
             }
             b'(' => {
                 at += 1;
-                (Kind::Open, Vec::new())
+                (Kind::Open, Cow::Borrowed(&[][..]))
             }
             b')' => {
                 at += 1;
-                (Kind::Close, Vec::new())
+                (Kind::Close, Cow::Borrowed(&[][..]))
             }
             b'\r' if msg.get(at + 1) == Some(&b'\n') && at + 2 == msg.len() => {
                 at += 2;
-                (Kind::End, Vec::new())
+                (Kind::End, Cow::Borrowed(&[][..]))
             }
             b'"' => {
                 let mut value = Vec::new();
@@ -229,7 +231,7 @@ fn lex(msg: &[u8], mut at: usize) -> Result<Vec<Token>, String> {
                         }
                     }
                 }
-                (Kind::Quoted, value)
+                (Kind::Quoted, Cow::Owned(value))
             }
             b'{' | b'~' if msg[at] == b'{' || msg.get(at + 1) == Some(&b'{') => {
                 let open = if msg[at] == b'~' { at + 2 } else { at + 1 };
@@ -252,7 +254,7 @@ fn lex(msg: &[u8], mut at: usize) -> Result<Vec<Token>, String> {
                 let end = data.checked_add(n).filter(|&e| e <= msg.len());
                 let end = end.ok_or("Literal cut short")?;
                 at = end;
-                (Kind::Literal, msg[data..end].to_vec())
+                (Kind::Literal, Cow::Borrowed(&msg[data..end]))
             }
             c if c > b' ' && c < 0x7f => {
                 while at < msg.len() && msg[at] > b' ' && msg[at] < 0x7f {
@@ -261,7 +263,7 @@ fn lex(msg: &[u8], mut at: usize) -> Result<Vec<Token>, String> {
                     }
                     at += 1;
                 }
-                (Kind::Atom, msg[start..at].to_vec())
+                (Kind::Atom, Cow::Borrowed(&msg[start..at]))
             }
             _ => return Err("Invalid character in command".into()),
         };
@@ -277,7 +279,7 @@ fn lex(msg: &[u8], mut at: usize) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
-fn is_atom(t: Option<&Token>, word: &str) -> bool {
+fn is_atom(t: Option<&Token<'_>>, word: &str) -> bool {
     t.is_some_and(|t| t.kind == Kind::Atom && t.value.eq_ignore_ascii_case(word.as_bytes()))
 }
 
@@ -365,11 +367,11 @@ fn search(msg: &[u8], verb_end: usize) -> Result<Option<Request>, String> {
         edits.push((tokens[0].span.start..tokens[end].span.start, b""));
         i = end;
     }
-    let words: Vec<&Token> = tokens[i..]
+    let words: Vec<&Token<'_>> = tokens[i..]
         .iter()
         .filter(|t| t.kind != Kind::Space)
         .collect();
-    let dollar = |t: &Token| t.kind == Kind::Atom && t.value == b"$";
+    let dollar = |t: &Token<'_>| t.kind == Kind::Atom && *t.value == *b"$";
     let sentinel = SAVED.to_string();
     let mut conflict = false;
     let mut k = 0;
@@ -431,7 +433,7 @@ fn search(msg: &[u8], verb_end: usize) -> Result<Option<Request>, String> {
 
 /// ` RETURN (…)` at the start of `tokens`: the options and the index of the token after
 /// the closing parenthesis (a space before the criteria).
-fn search_return(tokens: &[Token]) -> Result<(SearchReturn, usize), String> {
+fn search_return(tokens: &[Token<'_>]) -> Result<(SearchReturn, usize), String> {
     const MALFORMED: &str = "Malformed SEARCH RETURN options: expected RETURN (option ...)";
     let mut r = SearchReturn::default();
     if tokens.get(2).map(|t| t.kind) != Some(Kind::Space)
@@ -477,23 +479,23 @@ fn search_return(tokens: &[Token]) -> Result<(SearchReturn, usize), String> {
 }
 
 /// A cursor over LIST's tokens with strict single spaces.
-struct Cursor<'t> {
-    tokens: &'t [Token],
+struct Cursor<'t, 'm> {
+    tokens: &'t [Token<'m>],
     at: usize,
 }
 
-impl<'t> Cursor<'t> {
-    fn peek(&self) -> Option<&'t Token> {
+impl<'t, 'm> Cursor<'t, 'm> {
+    fn peek(&self) -> Option<&'t Token<'m>> {
         self.tokens.get(self.at)
     }
 
-    fn next(&mut self) -> Option<&'t Token> {
+    fn next(&mut self) -> Option<&'t Token<'m>> {
         let t = self.tokens.get(self.at);
         self.at += 1;
         t
     }
 
-    fn expect(&mut self, kind: Kind, what: &str) -> Result<&'t Token, String> {
+    fn expect(&mut self, kind: Kind, what: &str) -> Result<&'t Token<'m>, String> {
         match self.next() {
             Some(t) if t.kind == kind => Ok(t),
             _ => Err(format!("Malformed LIST: expected {what}")),
@@ -504,7 +506,7 @@ impl<'t> Cursor<'t> {
     fn list_of(
         &mut self,
         what: &str,
-        mut f: impl FnMut(&mut Self, &'t Token) -> Result<(), String>,
+        mut f: impl FnMut(&mut Self, &'t Token<'m>) -> Result<(), String>,
     ) -> Result<(), String> {
         self.expect(Kind::Open, &format!("({what} ...)"))?;
         if self.peek().map(|t| t.kind) == Some(Kind::Close) {
@@ -525,16 +527,16 @@ impl<'t> Cursor<'t> {
     }
 }
 
-fn astring(t: Option<&Token>, what: &str) -> Result<Vec<u8>, String> {
+fn astring(t: Option<&Token<'_>>, what: &str) -> Result<Vec<u8>, String> {
     match t {
         Some(t) if matches!(t.kind, Kind::Atom | Kind::Quoted | Kind::Literal) => {
-            Ok(t.value.clone())
+            Ok(t.value.to_vec())
         }
         _ => Err(format!("Malformed LIST: expected {what}")),
     }
 }
 
-fn word(t: &Token, what: &str) -> Result<String, String> {
+fn word(t: &Token<'_>, what: &str) -> Result<String, String> {
     if t.kind != Kind::Atom {
         return Err(format!("Malformed LIST: expected {what}"));
     }
@@ -749,7 +751,7 @@ fn append(msg: &[u8], tag: &[u8], verb_end: usize) -> Result<Option<Request>, St
         .map(|(flags, date, at)| AppendMessage {
             flags,
             date,
-            message: std::mem::take(&mut tokens[at].value),
+            message: std::mem::take(&mut tokens[at].value).into_owned(),
         })
         .collect();
     let mailbox = decoded_mailbox.ok_or("Malformed APPEND: invalid mailbox name")?;

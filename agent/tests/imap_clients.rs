@@ -121,21 +121,9 @@ struct Listed {
     subject: String,
 }
 
-/// Runs one step of [`CLIENT`]; fails the test (with the cluster's logs) unless it printed
-/// `OK`. Returns what followed `OK `.
+/// Runs one step of [`CLIENT`]; returns what followed `OK`.
 async fn client(cluster: &Cluster, mode: &str, args: &[&str]) -> String {
-    let mut all = vec![
-        "-c".to_owned(),
-        CLIENT.to_owned(),
-        mode.to_owned(),
-        cluster.ca_file().display().to_string(),
-    ];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    let (status, out) = run("python3", all, None).await;
-    match out.strip_prefix("OK") {
-        Some(rest) if status == 0 => rest.trim().to_owned(),
-        _ => cluster.fail(&format!("client {mode}: exit {status}: {out}")),
-    }
+    cluster.python_step(CLIENT, mode, args).await
 }
 
 /// INBOX of `user` through node `node`.

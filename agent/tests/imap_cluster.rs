@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Cluster, Options, create_account_retrying, create_domain_retrying, run, strings, tools,
+    Cluster, Options, PY_MAIL_CLIENT, create_account_retrying, create_domain_retrying, run,
+    strings, tools,
 };
 
 const DOMAIN: &str = "example.test";
@@ -26,40 +27,7 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 
 /// The clients' side of every step, one mode per step; each prints `OK …` when what it
 /// checked holds and exits non-zero with the reason otherwise.
-const CLIENT: &str = r#"
-import imaplib, smtplib, socket, ssl, sys, time
-
-mode, ca = sys.argv[1], sys.argv[2]
-ctx = ssl.create_default_context(cafile=ca)
-
-def deliver(addr, to, subject):
-    host, port = addr.rsplit(":", 1)
-    msg = (f"From: sender@remote.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
-           f"Message-ID: <{subject}@remote.test>\r\n\r\n{subject} body\r\n")
-    deadline = time.time() + 30
-    while True:
-        try:
-            with smtplib.SMTP(host, int(port), timeout=30) as s:
-                s.sendmail("sender@remote.test", [to], msg)
-            return
-        except smtplib.SMTPException as e:
-            # 451 while the shard elects its leader: the client retries.
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
-
-def login(addr, user, password):
-    host, port = addr.rsplit(":", 1)
-    m = imaplib.IMAP4(host, int(port), timeout=30)
-    m.starttls(ssl_context=ctx)
-    typ, _ = m.login(user, password)
-    assert typ == "OK", typ
-    return m
-
-def fail(why):
-    print("FAIL", why)
-    sys.exit(1)
-
+const CLIENT_MODES: &str = r#"
 if mode == "deliver":
     smtp, to, subject = sys.argv[3:6]
     deliver(smtp, to, subject)
@@ -171,21 +139,14 @@ const TOOLS: [(&str, &str); 2] = [
     ("curl", "command -v curl"),
 ];
 
-/// Runs one step of [`CLIENT`]; fails the test (with the cluster's logs) unless it printed
-/// `OK`.
+/// The whole client: [`PY_MAIL_CLIENT`] and its modes.
+fn script() -> String {
+    format!("{PY_MAIL_CLIENT}{CLIENT_MODES}")
+}
+
+/// Runs one step of the client, `args[0]` being the mode; returns what it printed after `OK`.
 async fn client(cluster: &Cluster, args: &[String]) -> String {
-    let mut all = vec![
-        "-c".to_owned(),
-        CLIENT.to_owned(),
-        args[0].clone(),
-        cluster.ca_file().display().to_string(),
-    ];
-    all.extend(args[1..].iter().cloned());
-    let (status, out) = run("python3", all, None).await;
-    if status != 0 || !out.starts_with("OK") {
-        cluster.fail(&format!("client {}: exit {status}: {out}", args[0]));
-    }
-    out
+    cluster.python_step(&script(), &args[0], &args[1..]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +279,7 @@ async fn imap_reads_what_smtp_stored_from_any_node() {
 
     // (d) Node 1 alone: no quorum, so `NO [UNAVAILABLE]`, never a stale answer or a crash.
     let mut child = Command::new("timeout")
-        .args(["60", "python3", "-c", CLIENT, "unavailable"])
+        .args(["60", "python3", "-c", &script(), "unavailable"])
         .arg(cluster.ca_file())
         .args([addr(1, "imap"), ADDRESS.to_owned(), PASSWORD.to_owned()])
         .stdin(Stdio::piped())

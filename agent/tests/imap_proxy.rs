@@ -21,7 +21,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Cluster, Options, create_account_retrying, create_domain_retrying, run, strings, tools,
+    Cluster, Options, PY_MAIL_CLIENT, create_account_retrying, create_domain_retrying, strings,
+    tools,
 };
 
 const DOMAIN: &str = "example.test";
@@ -33,39 +34,7 @@ const REPLICAS: [usize; 3] = [0, 1, 2];
 
 /// The clients' side of every step, one mode per step; each prints `OK …` when what it
 /// checked holds and exits non-zero with the reason otherwise.
-const CLIENT: &str = r#"
-import imaplib, smtplib, socket, ssl, sys, time
-
-mode, ca = sys.argv[1], sys.argv[2]
-ctx = ssl.create_default_context(cafile=ca)
-
-def deliver(addr, to, subject):
-    host, port = addr.rsplit(":", 1)
-    msg = (f"From: sender@remote.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
-           f"Message-ID: <{subject}@remote.test>\r\n\r\n{subject} body\r\n")
-    deadline = time.time() + 30
-    while True:
-        try:
-            with smtplib.SMTP(host, int(port), timeout=30) as s:
-                s.sendmail("sender@remote.test", [to], msg)
-            return
-        except smtplib.SMTPException:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
-
-def login(addr, user, password):
-    host, port = addr.rsplit(":", 1)
-    m = imaplib.IMAP4(host, int(port), timeout=30)
-    m.starttls(ssl_context=ctx)
-    typ, _ = m.login(user, password)
-    assert typ == "OK", typ
-    return m
-
-def fail(why):
-    print("FAIL", why)
-    sys.exit(1)
-
+const CLIENT_MODES: &str = r#"
 def capabilities(m):
     typ, data = m.capability()
     if typ != "OK":
@@ -192,21 +161,14 @@ else:
 
 const TOOLS: [(&str, &str); 1] = [("python3", "python3 -c 'import imaplib, smtplib, ssl'")];
 
-/// Runs one step of [`CLIENT`]; fails the test (with the cluster's logs) unless it printed
-/// `OK`. Returns what it printed after `OK `.
+/// The whole client: [`PY_MAIL_CLIENT`] and its modes.
+fn script() -> String {
+    format!("{PY_MAIL_CLIENT}{CLIENT_MODES}")
+}
+
+/// Runs one step of the client, `args[0]` being the mode; returns what it printed after `OK`.
 async fn client(cluster: &Cluster, args: &[String]) -> String {
-    let mut all = vec![
-        "-c".to_owned(),
-        CLIENT.to_owned(),
-        args[0].clone(),
-        cluster.ca_file().display().to_string(),
-    ];
-    all.extend(args[1..].iter().cloned());
-    let (status, out) = run("python3", all, None).await;
-    match out.strip_prefix("OK") {
-        Some(rest) if status == 0 => rest.trim().to_owned(),
-        _ => cluster.fail(&format!("client {}: exit {status}: {out}", args[0])),
-    }
+    cluster.python_step(&script(), &args[0], &args[1..]).await
 }
 
 async fn metric(cluster: &Cluster, i: usize, series: &str) -> u64 {
@@ -263,7 +225,7 @@ async fn a_node_without_the_shard_relays_sessions_to_a_live_replica() {
 
     // (b) A session held open on node 3; find the replica serving it and SIGKILL it.
     let mut hold = Command::new("timeout")
-        .args(["90", "python3", "-c", CLIENT, "hold"])
+        .args(["90", "python3", "-c", &script(), "hold"])
         .arg(cluster.ca_file())
         .args([addr(FRONT, "imap"), ADDRESS.to_owned(), PASSWORD.to_owned()])
         .stdin(Stdio::piped())

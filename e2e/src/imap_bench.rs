@@ -132,28 +132,7 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tern-bench imap: a runtime: {e}");
-            return 1;
-        }
-    };
-    let result = runtime.block_on(run(&o));
-    if !o.keep {
-        let _ = std::fs::remove_dir_all(&o.dir);
-    }
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("tern-bench imap: {e}");
-            1
-        }
-    }
+    crate::local::run_benchmark("imap", &o.dir, o.keep, run(&o))
 }
 
 fn workload(users: Vec<String>, password: &str, o: &Options) -> Workload {

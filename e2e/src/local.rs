@@ -103,3 +103,37 @@ fn stop(dir: &Path) {
         .stdout(Stdio::null())
         .status();
 }
+
+/// Runs one benchmark, `run`, on a two-thread runtime, then removes `dir` unless `keep`.
+/// Returns the exit code: 0, or 1 after printing the error as `tern-bench NAME: …`.
+pub fn run_benchmark(
+    name: &str,
+    dir: &Path,
+    keep: bool,
+    run: impl std::future::Future<Output = Result<(), String>>,
+) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tern-bench {name}: a runtime: {e}");
+            return 1;
+        }
+    };
+    let result = runtime.block_on(run);
+    if keep {
+        eprintln!("tern-bench {name}: files kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("tern-bench {name}: {e}");
+            1
+        }
+    }
+}

@@ -157,30 +157,7 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tern-bench smtp: a runtime: {e}");
-            return 1;
-        }
-    };
-    let result = runtime.block_on(run(&options));
-    if !options.keep {
-        let _ = std::fs::remove_dir_all(&options.dir);
-    } else {
-        eprintln!("tern-bench smtp: files kept in {}", options.dir.display());
-    }
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("tern-bench smtp: {e}");
-            1
-        }
-    }
+    crate::local::run_benchmark("smtp", &options.dir, options.keep, run(&options))
 }
 
 /// Whether `program` is on the PATH.

@@ -1298,3 +1298,61 @@ impl Drop for Netns {
         self.remove();
     }
 }
+
+/// The start of a Python mail client for [`Cluster::python_step`]: reads the mode and the CA
+/// file from its arguments and defines `deliver(smtp_addr, to, subject)` (SMTP, retried for
+/// 30 s through a leader election's `451`), `login(imap_addr, user, password)` (IMAP with
+/// STARTTLS) and `fail(why)`. A test's script follows it with its modes.
+pub const PY_MAIL_CLIENT: &str = r#"
+import imaplib, smtplib, socket, ssl, sys, time
+
+mode, ca = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+
+def deliver(addr, to, subject):
+    host, port = addr.rsplit(":", 1)
+    msg = (f"From: sender@remote.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
+           f"Message-ID: <{subject}@remote.test>\r\n\r\n{subject} body\r\n")
+    deadline = time.time() + 30
+    while True:
+        try:
+            with smtplib.SMTP(host, int(port), timeout=30) as s:
+                s.sendmail("sender@remote.test", [to], msg)
+            return
+        except smtplib.SMTPException:
+            # 451 while the shard elects its leader: the client retries.
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+def login(addr, user, password):
+    host, port = addr.rsplit(":", 1)
+    m = imaplib.IMAP4(host, int(port), timeout=30)
+    m.starttls(ssl_context=ctx)
+    typ, _ = m.login(user, password)
+    assert typ == "OK", typ
+    return m
+
+def fail(why):
+    print("FAIL", why)
+    sys.exit(1)
+"#;
+
+impl Cluster {
+    /// Runs one step of a Python client (`python3 -c script mode CA args…`): fails the test,
+    /// with the cluster's logs, unless it exits 0 having printed `OK`; returns what followed.
+    pub async fn python_step(&self, script: &str, mode: &str, args: &[impl AsRef<str>]) -> String {
+        let mut all = vec![
+            "-c".to_owned(),
+            script.to_owned(),
+            mode.to_owned(),
+            self.ca_file().display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        let (status, out) = run("python3", all, None).await;
+        match out.strip_prefix("OK") {
+            Some(rest) if status == 0 => rest.trim().to_owned(),
+            _ => self.fail(&format!("client {mode}: exit {status}: {out}")),
+        }
+    }
+}

@@ -101,19 +101,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let result = runtime.block_on(run(&options));
-    if !options.keep {
-        let _ = std::fs::remove_dir_all(&options.dir);
-    }
-    if let Err(e) = result {
-        eprintln!("tern-bench: {e}");
-        std::process::exit(1);
-    }
+    std::process::exit(tern_e2e::local::run_benchmark(
+        "store",
+        &options.dir,
+        options.keep,
+        run(&options),
+    ));
 }
 
 /// The cluster as the benchmark sees it.

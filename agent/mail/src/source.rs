@@ -231,13 +231,15 @@ impl<'a> Txn<'a> {
             .or_else(|| self.staged.get(keyspace, key))
     }
 
-    /// The value under `key` in the state as of the previous entry, ignoring the group's writes.
-    pub fn committed(
+    /// The first `len` bytes of the value under `key` in the state as of the previous entry,
+    /// ignoring the group's writes.
+    pub fn committed_prefix(
         &self,
         keyspace: &'static str,
         key: &[u8],
+        len: usize,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.engine.get(keyspace, key)
+        self.engine.get_prefix(keyspace, key, len)
     }
 
     pub fn put(&mut self, keyspace: &'static str, key: Vec<u8>, value: Vec<u8>) {

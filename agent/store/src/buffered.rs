@@ -285,6 +285,19 @@ impl Engine for Buffered {
         }
     }
 
+    fn get_prefix(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let head = |value: Option<&Vec<u8>>| value.map(|v| v[..len.min(v.len())].to_vec());
+        match self.overlaid(keyspace, key, head) {
+            Some(value) => Ok(value),
+            None => self.inner.get_prefix(keyspace, key, len),
+        }
+    }
+
     fn scan(
         &self,
         keyspace: &'static str,

@@ -27,6 +27,21 @@ pub trait Engine: Send + Sync + 'static {
         Ok(self.get(keyspace, key)?.is_some())
     }
 
+    /// The first `len` bytes (fewer when the value is shorter) of the value under `key`.
+    /// Engines that can read part of a value (the log engine) read only those bytes, so a
+    /// small header in front of a large value costs no more than the header.
+    fn get_prefix(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(keyspace, key)?.map(|mut value| {
+            value.truncate(len);
+            value
+        }))
+    }
+
     /// Ordered scan of [start, end) (either bound optional), at most `limit` pairs, ascending or
     /// descending. A range whose start lies after its end is empty.
     fn scan(

@@ -279,7 +279,12 @@ impl State {
 }
 
 fn read_value(file: &File, loc: &Loc) -> Result<Vec<u8>, StoreError> {
-    let mut value = vec![0; loc.len as usize];
+    read_prefix(file, loc, loc.len as usize)
+}
+
+/// The first `len` bytes of the value at `loc` (all of it when shorter).
+fn read_prefix(file: &File, loc: &Loc, len: usize) -> Result<Vec<u8>, StoreError> {
+    let mut value = vec![0; len.min(loc.len as usize)];
     file.read_exact_at(&mut value, loc.offset)?;
     Ok(value)
 }
@@ -557,6 +562,15 @@ impl LogEngine {
 
 impl Engine for LogEngine {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_prefix(keyspace, key, usize::MAX)
+    }
+
+    fn get_prefix(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         validate_keyspace(keyspace)?;
         let (file, loc) = {
             let state = self.read_state();
@@ -565,7 +579,7 @@ impl Engine for LogEngine {
             };
             (state.file(loc)?, *loc)
         };
-        read_value(&file, &loc).map(Some)
+        read_prefix(&file, &loc, len).map(Some)
     }
 
     fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {

@@ -76,6 +76,15 @@ impl Engine for Split {
         self.engine(keyspace).contains(keyspace, key)
     }
 
+    fn get_prefix(
+        &self,
+        keyspace: &'static str,
+        key: &[u8],
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine(keyspace).get_prefix(keyspace, key, len)
+    }
+
     fn scan(
         &self,
         keyspace: &'static str,

@@ -145,7 +145,7 @@ fn delete(engine: &dyn Engine, keyspace: &'static str, key: &[u8]) {
     engine.write(batch, Durability::Immediate).expect("delete");
 }
 
-/// The value under `key`; also checks that `contains` agrees with it.
+/// The value under `key`; also checks that `contains` and `get_prefix` agree with it.
 fn get(engine: &dyn Engine, keyspace: &'static str, key: &[u8]) -> Option<Vec<u8>> {
     let value = engine.get(keyspace, key).expect("get");
     assert_eq!(
@@ -153,6 +153,13 @@ fn get(engine: &dyn Engine, keyspace: &'static str, key: &[u8]) -> Option<Vec<u8
         value.is_some(),
         "contains and get disagree on {key:02x?}"
     );
+    for len in [0, 1, 3, usize::MAX] {
+        assert_eq!(
+            engine.get_prefix(keyspace, key, len).expect("get_prefix"),
+            value.as_ref().map(|v| v[..len.min(v.len())].to_vec()),
+            "get_prefix({len}) and get disagree on {key:02x?}"
+        );
+    }
     value
 }
 

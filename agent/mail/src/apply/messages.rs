@@ -113,8 +113,9 @@ pub(super) fn blob_incref(txn: &mut Txn<'_>, hash: &BlobHash, body: Option<&[u8]
 fn stored_refs(txn: &Txn<'_>, key: &[u8]) -> Result<u64, StoreError> {
     let stored = match txn.written(keys::BLOB, key) {
         Some(value) => value.is_some(),
-        None => match txn.committed(keys::BLOB, key)? {
-            Some(value) => source::blob_written_at(key, &value)? < txn.index(),
+        // Only the header: a body delivered again need not be read.
+        None => match txn.committed_prefix(keys::BLOB, key, 8)? {
+            Some(head) => source::blob_written_at(key, &head)? < txn.index(),
             None => false,
         },
     };

@@ -14,7 +14,7 @@
 //! (`MailStateMachine::apply_many`).
 
 use tern_raft::{Application, ShardId};
-use tern_store::{Batch, Engine, StoreError};
+use tern_store::{Batch, Engine, Link, StoreError};
 
 /// The most commands one entry carries.
 pub const MAX_GROUP: usize = 512;
@@ -35,13 +35,22 @@ impl Application for MailApp {
         engine: &dyn Engine,
         batch: &mut Batch,
         entry: &[u8],
+        stored: &Link,
     ) -> Result<Vec<u8>, StoreError> {
         // A malformed group applies nothing, on every replica alike; the leader that
         // proposed it sees an empty response and reports the failure.
         let Some(commands) = decode_group(entry) else {
             return Ok(encode_group::<&[u8]>(&[]));
         };
-        let outcomes = self.0.apply_many(shard, index, engine, batch, &commands)?;
+        // Each command is a slice of the entry, so the log holds it where the entry is.
+        let base = entry.as_ptr() as usize;
+        let stored: Vec<Link> = commands
+            .iter()
+            .map(|command| stored.within(command.as_ptr() as usize - base, 0))
+            .collect();
+        let outcomes = self
+            .0
+            .apply_many(shard, index, engine, batch, &commands, &stored)?;
         Ok(encode_group(&outcomes))
     }
 }

@@ -6,7 +6,7 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `TERN_STORAGE` | `none` for a pool that holds no data; otherwise the node runs shards |
-//! | `TERN_DATA_DIR` | the volume: the storage engines' files (`log/`: Raft logs, `state/`: shard state, `bodies/`: message bodies) |
+//! | `TERN_DATA_DIR` | the volume: the storage engines' files (`log/`: Raft logs and message bodies, `state/`: shard state) |
 //! | `TERN_STORE_ENGINE` | `redb` (default) or `sled`: the shards' state (the Raft logs are on the log engine) |
 //! | `TERN_CLUSTER_CA_FILE`, `TERN_AGENT_CERT_FILE`, `TERN_AGENT_KEY_FILE` | agent-to-agent mutual TLS (PEM) |
 //! | `TERN_RPC_ADDR` | where the RPC server listens (default `0.0.0.0:<rpcPort>`) |
@@ -208,8 +208,9 @@ fn rpc_addr(node: &Node) -> Result<SocketAddr, String> {
 
 /// The layout of what an agent keeps in `TERN_DATA_DIR` (`FORMAT` holds it). 2: message bodies
 /// carry the log index of the entry that stored them, and only shared bodies have a reference
-/// count.
-const DATA_FORMAT: u32 = 2;
+/// count. 3: bodies are kept with the Raft logs in `log/`, linked to the entries that carried
+/// them, instead of in a `bodies/` engine of their own.
+const DATA_FORMAT: u32 = 3;
 
 /// Refuses a data directory in a layout this agent cannot read, rather than misreading it;
 /// marks a new one with [`DATA_FORMAT`], durably, before anything is stored in it.
@@ -286,15 +287,17 @@ async fn start_store(
                 .map_err(|e| format!("opening the store in {shown}: {e}"))
         }
     };
-    // Message bodies (written once, read rarely, deleted whole) on append-only segments beside
-    // the state; `Split` orders the two engines' writes so the state never refers to a body
-    // that is not on disk.
+    // Message bodies (written once, read rarely, deleted whole) on the logs' engine beside the
+    // state: a body is linked to the log entry that carried it, so it is written once (see
+    // `tern_store::Link`), and stays when the log is purged. `Split` orders the two engines'
+    // writes so the state never refers to a body that is not on disk.
+    let log = open("log", EngineKind::Log).await?;
     let state = Arc::new(tern_store::Split::new(
         open("state", kind).await?,
-        open("bodies", EngineKind::Log).await?,
+        log.clone(),
         &[tern_mail::keys::BLOB],
     ));
-    let storage = Storage::with_engines(open("log", EngineKind::Log).await?, state);
+    let storage = Storage::with_engines(log, state);
     let tls = TlsConfig::from_pem(
         &read("TERN_CLUSTER_CA_FILE")?,
         &read("TERN_AGENT_CERT_FILE")?,
@@ -517,9 +520,11 @@ mod format_tests {
         );
         check_data_format(dir.path()).expect("its own format is accepted");
 
-        std::fs::write(dir.path().join("FORMAT"), "1\n").unwrap();
-        let refused = check_data_format(dir.path()).unwrap_err();
-        assert!(refused.contains("format 1"), "{refused}");
+        for old in ["1", "2"] {
+            std::fs::write(dir.path().join("FORMAT"), format!("{old}\n")).unwrap();
+            let refused = check_data_format(dir.path()).unwrap_err();
+            assert!(refused.contains(&format!("format {old}")), "{refused}");
+        }
 
         std::fs::write(dir.path().join("FORMAT"), "two").unwrap();
         assert!(check_data_format(dir.path()).is_err());

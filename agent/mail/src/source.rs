@@ -9,7 +9,7 @@ use std::ops::Bound;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tern_store::{Batch, Engine, KeyValue, StoreError};
+use tern_store::{Batch, Engine, KeyValue, Link, StoreError};
 
 use crate::keys;
 use crate::names::normalize_address;
@@ -17,6 +17,15 @@ use crate::records::{self, Account, Alias, Counters, Domain, Mailbox, Message};
 
 /// Pairs per engine call when a whole range is read.
 const SCAN_CHUNK: usize = 1024;
+
+/// Values shorter than this are copied rather than linked to the log's copy of the command:
+/// a link costs a read of the bytes to check them and a record of its own.
+const MIN_LINKED: usize = 1024;
+
+/// How far before the end of a command [`Txn::link_to`] looks for the bytes it links: bodies
+/// are among the last fields of the commands that carry them, followed only by a time and an
+/// idempotency key (at most 512 bytes).
+const LINK_SEARCH: usize = 1024;
 
 pub(crate) trait Source {
     fn shard(&self) -> u32;
@@ -116,14 +125,27 @@ static NO_WRITES: Layer = BTreeMap::new();
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     keyspaces: BTreeMap<&'static str, Layer>,
+    /// The links of the puts made with one ([`Txn::put_linked`]).
+    links: BTreeMap<(&'static str, Vec<u8>), Link>,
 }
 
 impl Writes {
     fn set(&mut self, keyspace: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if !self.links.is_empty() {
+            self.links.remove(&(keyspace, key.clone()));
+        }
         self.keyspaces
             .entry(keyspace)
             .or_default()
             .insert(key, value);
+    }
+
+    fn set_linked(&mut self, keyspace: &'static str, key: Vec<u8>, value: Vec<u8>, link: Link) {
+        self.links.insert((keyspace, key.clone()), link);
+        self.keyspaces
+            .entry(keyspace)
+            .or_default()
+            .insert(key, Some(value));
     }
 
     /// `Some(None)` when `key` was deleted, `None` when it was not written.
@@ -157,6 +179,14 @@ impl Writes {
 
     /// Lays `later` over these writes: where both write a key, `later`'s write stays.
     pub fn absorb(&mut self, later: Writes) {
+        if !self.links.is_empty() {
+            for (keyspace, layer) in &later.keyspaces {
+                for key in layer.keys() {
+                    self.links.remove(&(*keyspace, key.clone()));
+                }
+            }
+        }
+        self.links.extend(later.links);
         for (keyspace, layer) in later.keyspaces {
             let mine = self.keyspaces.entry(keyspace).or_default();
             if mine.is_empty() {
@@ -172,11 +202,17 @@ impl Writes {
     }
 
     /// Appends the writes to `batch`, by keyspace, then by key.
-    pub fn write_to(self, batch: &mut Batch) {
+    pub fn write_to(mut self, batch: &mut Batch) {
         for (keyspace, layer) in self.keyspaces {
             for (key, value) in layer {
                 match value {
-                    Some(value) => batch.put(keyspace, key, value),
+                    Some(value) => {
+                        let link = match self.links.is_empty() {
+                            true => None,
+                            false => self.links.remove(&(keyspace, key.clone())),
+                        };
+                        batch.put_linked(keyspace, key, value, link)
+                    }
                     None => batch.delete(keyspace, key),
                 };
             }
@@ -205,6 +241,8 @@ pub(crate) struct Txn<'a> {
     index: u64,
     staged: &'a Writes,
     pending: Writes,
+    /// The command being applied, and where the log holds it.
+    command: Option<(&'a [u8], &'a Link)>,
 }
 
 impl<'a> Txn<'a> {
@@ -215,7 +253,31 @@ impl<'a> Txn<'a> {
             index,
             staged,
             pending: Writes::default(),
+            command: None,
         }
+    }
+
+    /// Tells the transaction which command it applies and where the log holds it, so values
+    /// copied from it can be linked ([`Self::link_to`]).
+    pub fn stored_at(mut self, command: &'a [u8], stored: &'a Link) -> Self {
+        self.command = Some((command, stored));
+        self
+    }
+
+    /// A link for a value whose bytes after its first `head` are `part`, a copy of bytes of
+    /// the command: found near the command's end, where bodies are. `None` for short values,
+    /// or when the command does not hold the bytes there, or its place is unknown.
+    pub fn link_to(&self, part: &[u8], head: usize) -> Option<Link> {
+        let (command, stored) = self.command?;
+        if part.len() < MIN_LINKED || part.len() > command.len() {
+            return None;
+        }
+        let last = command.len() - part.len();
+        let first = last.saturating_sub(LINK_SEARCH);
+        let at = (first..=last).rev().find(|&at| {
+            command[at..at + 8] == part[..8] && command[at..at + part.len()] == *part
+        })?;
+        Some(stored.within(at, head))
     }
 
     /// The log index of the entry being applied (see `tern_raft::Application::apply`).
@@ -244,6 +306,20 @@ impl<'a> Txn<'a> {
 
     pub fn put(&mut self, keyspace: &'static str, key: Vec<u8>, value: Vec<u8>) {
         self.pending.set(keyspace, key, Some(value));
+    }
+
+    /// Puts `value`, with `link` saying where its end is stored already (see `tern_store::Link`).
+    pub fn put_linked(
+        &mut self,
+        keyspace: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        link: Option<Link>,
+    ) {
+        match link {
+            Some(link) => self.pending.set_linked(keyspace, key, value, link),
+            None => self.pending.set(keyspace, key, Some(value)),
+        }
     }
 
     pub fn put_record<T: Serialize>(&mut self, keyspace: &'static str, key: Vec<u8>, value: &T) {

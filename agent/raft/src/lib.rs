@@ -75,7 +75,7 @@ use std::sync::Arc;
 
 use openraft::{Config, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
-pub use tern_store::{Batch, Engine};
+pub use tern_store::{Batch, Engine, Link};
 
 pub use crate::error::Error;
 pub use crate::log_store::{LogReader, LogStore};

@@ -7,10 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use tern_store::{Batch, Durability, Engine, Op, StoreError};
+use tern_store::{Batch, Durability, Engine, Link, Op, StoreError};
 
 use crate::error::{decode, encode};
-use crate::keys::{self, APPLIED, MEMBERSHIP, SM_META, SNAPSHOT_DATA, SNAPSHOT_META};
+use crate::keys::{self, APPLIED, MEMBERSHIP, RAFT_LOG, SM_META, SNAPSHOT_DATA, SNAPSHOT_META};
 use crate::snapshot::{self, Header};
 use crate::state_flush::StateFlush;
 use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -35,6 +35,11 @@ pub trait Application: Send + Sync + 'static {
     /// again, with their own indexes, so a value an application tags with the index it was
     /// written at tells a leftover of an interrupted apply (tagged at or above `index`) from
     /// state written by an earlier entry.
+    ///
+    /// `stored` says where the log holds `command` (the `raft_log` value of the entry, from
+    /// its offset on): a value that copies part of the command, such as a message body, can
+    /// be put with [`Batch::put_linked`] and [`Link::within`], so an engine holding both the
+    /// log and that keyspace stores those bytes once.
     fn apply(
         &self,
         shard: ShardId,
@@ -42,6 +47,7 @@ pub trait Application: Send + Sync + 'static {
         engine: &dyn Engine,
         batch: &mut Batch,
         command: &[u8],
+        stored: &Link,
     ) -> Result<Vec<u8>, StoreError>;
 }
 
@@ -168,13 +174,15 @@ impl<A: Application> Shared<A> {
         let mut batch = Batch::new();
         let response = match entry.payload {
             EntryPayload::Blank => Response::default(),
-            EntryPayload::Normal(request) => {
+            EntryPayload::Normal(ref request) => {
+                let stored = command_link(self.shard, &entry, request)?;
                 let bytes = self.app.apply(
                     self.shard,
                     entry.log_id.index,
                     &*self.engine,
                     &mut batch,
                     &request.bytes,
+                    &stored,
                 )?;
                 self.check_app_writes(&batch)?;
                 Response { bytes }
@@ -334,6 +342,19 @@ impl<A: Application> Shared<A> {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// Where the log holds an entry's command: the log stores the entry as [`encode`] makes it,
+/// and the command's bytes are the last field of that encoding, so they end it.
+fn command_link(shard: ShardId, entry: &Entry, request: &crate::Request) -> Result<Link, Error> {
+    let len = postcard::experimental::serialized_size(entry)
+        .map_err(|e| Error::Config(format!("sizing a log entry: {e}")))?;
+    Ok(Link {
+        keyspace: RAFT_LOG,
+        key: keys::log_key(shard, entry.log_id.index).to_vec(),
+        offset: (len - request.bytes.len()) as u64,
+        head: 0,
+    })
 }
 
 fn snapshot_id(shard: ShardId, last: Option<LogId>) -> String {

@@ -18,7 +18,7 @@ use openraft::raft::{
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
 use serde::{Deserialize, Serialize};
-use tern_store::{Batch, Engine, StoreError};
+use tern_store::{Batch, Engine, Link, StoreError};
 
 use crate::error::{decode, encode};
 use crate::{Application, Node, NodeId, Request, ShardId, ShardRaft, TypeConfig, keys};
@@ -89,9 +89,10 @@ impl Application for KvApp {
         _index: u64,
         engine: &dyn Engine,
         batch: &mut Batch,
-        command: &[u8],
+        bytes: &[u8],
+        stored: &Link,
     ) -> Result<Vec<u8>, StoreError> {
-        let Ok(command) = decode::<KvCommand>("kv command", command) else {
+        let Ok(command) = decode::<KvCommand>("kv command", bytes) else {
             // Refused, deterministically: nothing written, no previous value.
             return Ok(encode(&None::<Vec<u8>>));
         };
@@ -100,7 +101,13 @@ impl Application for KvApp {
         };
         let previous = engine.get(Self::KEYSPACE, &key)?;
         match command {
-            KvCommand::Put { value, .. } => batch.put(Self::KEYSPACE, key, value),
+            // The value is the command's last field: linked to the log's copy of it.
+            KvCommand::Put { value, .. } => {
+                let link = bytes
+                    .ends_with(&value)
+                    .then(|| stored.within(bytes.len() - value.len(), 0));
+                batch.put_linked(Self::KEYSPACE, key, value, link)
+            }
             KvCommand::Delete { .. } => batch.delete(Self::KEYSPACE, key),
         };
         Ok(encode(&previous))

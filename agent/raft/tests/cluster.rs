@@ -57,6 +57,37 @@ impl Member {
         } else {
             Storage::new(open("store"))
         };
+        Self::run(id, kind, dir, storage, router, config).await
+    }
+
+    /// As the agent lays a node out: the log on a log engine, which also holds the values
+    /// the application links to the log's copy (`kv`), the rest of the state on `kind`.
+    async fn start_linked(
+        id: NodeId,
+        kind: EngineKind,
+        dir: TempDir,
+        router: &Router,
+        config: &Arc<Config>,
+    ) -> Self {
+        let log = tern_store::open(EngineKind::Log, &dir.path().join("log")).expect("open log");
+        let main = tern_store::open(kind, &dir.path().join("state")).expect("open state");
+        let state = Arc::new(tern_store::Split::new(
+            main,
+            log.clone(),
+            &[KvApp::KEYSPACE],
+        ));
+        let storage = Storage::with_engines(log, state);
+        Self::run(id, kind, dir, storage, router, config).await
+    }
+
+    async fn run(
+        id: NodeId,
+        kind: EngineKind,
+        dir: TempDir,
+        storage: Storage,
+        router: &Router,
+        config: &Arc<Config>,
+    ) -> Self {
         let raft = new_raft(
             id,
             SHARD,
@@ -88,6 +119,25 @@ impl Member {
 
     fn data(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
         KvApp::dump(&**self.storage.engine(), SHARD)
+    }
+
+    /// Builds a snapshot and purges the log up to `last`.
+    async fn snapshot_and_purge(&self, last: u64) {
+        self.raft.trigger().snapshot().await.unwrap();
+        self.raft
+            .wait(TIMEOUT)
+            .metrics(
+                |x| x.snapshot.is_some_and(|s| s.index >= last),
+                "snapshot built",
+            )
+            .await
+            .unwrap();
+        self.raft.trigger().purge_log(last).await.unwrap();
+        self.raft
+            .wait(TIMEOUT)
+            .metrics(|x| x.purged.is_some_and(|p| p.index >= last), "log purged")
+            .await
+            .unwrap();
     }
 
     async fn wait_applied(&self, index: u64) {
@@ -226,21 +276,7 @@ async fn an_empty_replica_catches_up_by_snapshot() {
     // Snapshot and purge the whole log on every member: from now on, only a snapshot can
     // bring a new replica up to date.
     for m in &members {
-        m.raft.trigger().snapshot().await.unwrap();
-        m.raft
-            .wait(TIMEOUT)
-            .metrics(
-                |x| x.snapshot.is_some_and(|s| s.index >= last),
-                "snapshot built",
-            )
-            .await
-            .unwrap();
-        m.raft.trigger().purge_log(last).await.unwrap();
-        m.raft
-            .wait(TIMEOUT)
-            .metrics(|x| x.purged.is_some_and(|p| p.index >= last), "log purged")
-            .await
-            .unwrap();
+        m.snapshot_and_purge(last).await;
     }
 
     // A new node with an empty volume joins as a learner.
@@ -274,6 +310,79 @@ async fn an_empty_replica_catches_up_by_snapshot() {
     assert_eq!(voters, BTreeSet::from([1, 2, 3]));
 
     members.push(fresh);
+    for m in members {
+        m.stop(&router).await;
+    }
+}
+
+/// Bytes of the files under `dir`, at any depth.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            match e.file_type().unwrap().is_dir() {
+                true => disk_bytes(&e.path()),
+                false => e.metadata().unwrap().len(),
+            }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_copied_from_commands_are_stored_once_beside_the_log() {
+    const VALUE: usize = 16 << 10;
+    const COUNT: u32 = 120;
+    let router = Router::default();
+    let config = config(SnapshotPolicy::Never);
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        let dir = TempDir::new(&format!("linked-{id}"));
+        members.push(Member::start_linked(id, EngineKind::Redb, dir, &router, &config).await);
+    }
+    let nodes: BTreeMap<NodeId, Node> = members.iter().map(|m| (m.id, node(m.id))).collect();
+    members[0].raft.initialize(nodes).await.unwrap();
+    let first = leader(&members, None).await;
+    let leader_raft = member(&members, first).raft.clone();
+    let value = |i: u32| -> Vec<u8> { (0..VALUE).map(|b| (b as u32 ^ i) as u8).collect() };
+    let mut last = 0;
+    for i in 0..COUNT {
+        let reply = leader_raft
+            .client_write(KvApp::put(format!("key-{i:04}"), value(i)))
+            .await
+            .expect("write commits");
+        last = reply.log_id.index;
+    }
+    for m in &members {
+        m.wait_applied(last).await;
+        // The state flush writes the values; the log already holds them.
+        m.storage.engine().flush().unwrap();
+        let log = disk_bytes(&m.dir.path().join("log"));
+        let values = u64::from(COUNT) * VALUE as u64;
+        assert!(
+            log < values + values / 4,
+            "node {}: the log engine holds {log} bytes for {values} bytes of values",
+            m.id
+        );
+    }
+
+    // Purge the log behind a snapshot: the values stay, and a restart finds them.
+    for m in &members {
+        m.snapshot_and_purge(last).await;
+    }
+    let want: BTreeMap<Vec<u8>, Vec<u8>> = (0..COUNT)
+        .map(|i| (format!("key-{i:04}").into_bytes(), value(i)))
+        .collect();
+    let stopped = members.pop().unwrap();
+    let id = stopped.id;
+    let (kind, dir) = stopped.stop(&router).await;
+    let back = Member::start_linked(id, kind, dir, &router, &config).await;
+    back.wait_applied(last).await;
+    assert_eq!(back.data(), want);
+    members.push(back);
+    for m in &members {
+        assert_eq!(m.data(), want, "node {}", m.id);
+    }
     for m in members {
         m.stop(&router).await;
     }

@@ -30,36 +30,58 @@
 //! [`DEFAULT_LIMIT`]) the writer that crossed it flushes at once, so memory stays bounded
 //! even when nobody calls `flush`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::engine::{Batch, Durability, Engine, KeyValue, Op, Space, StoreError};
+use crate::engine::{Batch, Durability, Engine, KeyValue, Link, Op, Space, StoreError};
 
 /// Overlay size (keys plus values) at which a write flushes on its own.
 pub const DEFAULT_LIMIT: usize = 64 << 20;
 
 /// Pending writes: per keyspace, key → new value, or `None` for a delete.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Overlay {
     spaces: BTreeMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// The links of the pending puts that came with one, passed on to the inner engine.
+    links: HashMap<(&'static str, Vec<u8>), Box<Link>>,
     bytes: usize,
 }
 
 impl Overlay {
     fn apply(&mut self, ops: Vec<Op>) {
         for op in ops {
-            let (keyspace, key, value) = match op {
+            let (keyspace, key, value, link) = match op {
                 Op::Put {
                     keyspace,
                     key,
                     value,
-                } => (keyspace, key, Some(value)),
-                Op::Delete { keyspace, key } => (keyspace, key, None),
+                    link,
+                } => (keyspace, key, Some(value), link),
+                Op::Delete { keyspace, key } => (keyspace, key, None, None),
             };
             self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+            match link {
+                Some(link) => self.links.insert((keyspace, key.clone()), link),
+                None if self.links.is_empty() => None,
+                None => self.links.remove(&(keyspace, key.clone())),
+            };
             self.spaces.entry(keyspace).or_default().insert(key, value);
         }
+    }
+
+    /// Lays `newer` over these writes: where both write a key, `newer`'s write stays.
+    fn absorb(&mut self, newer: Overlay) {
+        for (keyspace, space) in newer.spaces {
+            if !self.links.is_empty() {
+                for key in space.keys() {
+                    self.links.remove(&(keyspace, key.clone()));
+                }
+            }
+            self.spaces.entry(keyspace).or_default().extend(space);
+        }
+        self.links.extend(newer.links);
+        self.bytes += newer.bytes;
     }
 
     fn get(&self, keyspace: &str, key: &[u8]) -> Option<Option<&Vec<u8>>> {
@@ -79,7 +101,18 @@ impl Overlay {
         for (keyspace, space) in &self.spaces {
             for (key, value) in space {
                 match value {
-                    Some(value) => batch.put(keyspace, key.clone(), value.clone()),
+                    Some(value) => {
+                        let link = match self.links.is_empty() {
+                            true => None,
+                            false => self.links.get(&(*keyspace, key.clone())),
+                        };
+                        batch.put_linked(
+                            keyspace,
+                            key.clone(),
+                            value.clone(),
+                            link.map(|link| (**link).clone()),
+                        )
+                    }
                     None => batch.delete(keyspace, key.clone()),
                 };
             }
@@ -147,7 +180,8 @@ impl Buffered {
                         keyspace,
                         key,
                         value,
-                    } => batch.put(keyspace, key, value),
+                        link,
+                    } => batch.put_linked(keyspace, key, value, link.map(|link| *link)),
                     Op::Delete { keyspace, key } => batch.delete(keyspace, key),
                 };
             }
@@ -168,14 +202,9 @@ impl Buffered {
                 if let Some(frozen) = frozen {
                     let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
                     let newer = std::mem::take(&mut *active);
-                    let mut restored = Arc::try_unwrap(frozen).unwrap_or_else(|shared| Overlay {
-                        spaces: shared.spaces.clone(),
-                        bytes: shared.bytes,
-                    });
-                    for (keyspace, space) in newer.spaces {
-                        restored.spaces.entry(keyspace).or_default().extend(space);
-                    }
-                    restored.bytes += newer.bytes;
+                    let mut restored =
+                        Arc::try_unwrap(frozen).unwrap_or_else(|shared| (*shared).clone());
+                    restored.absorb(newer);
                     *active = restored;
                     *self.frozen.write().unwrap_or_else(PoisonError::into_inner) = None;
                 }

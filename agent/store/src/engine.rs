@@ -88,6 +88,8 @@ pub enum Op {
         keyspace: &'static str,
         key: Vec<u8>,
         value: Vec<u8>,
+        /// Where the end of `value` is stored already ([`Batch::put_linked`]).
+        link: Option<Box<Link>>,
     },
     /// Removes `key`; removing an absent key is not an error.
     Delete {
@@ -101,6 +103,35 @@ impl Op {
     pub fn keyspace(&self) -> &'static str {
         match self {
             Op::Put { keyspace, .. } | Op::Delete { keyspace, .. } => keyspace,
+        }
+    }
+}
+
+/// Where the end of a value being put is stored already: `value[head..]` are the bytes of the
+/// value under `key` in `keyspace`, from byte `offset` on.
+///
+/// A hint, never a change of meaning: the put stores `value` either way. An engine that can
+/// refer to stored bytes (the [`LogEngine`](crate::LogEngine)) writes only `value[..head]`
+/// and a reference, once it has checked that the bytes there are `value[head..]`; the others,
+/// and the log engine when the source is gone or differs, write `value` whole. The reference
+/// keeps those bytes alive after the source key is deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub keyspace: &'static str,
+    pub key: Vec<u8>,
+    pub offset: u64,
+    pub head: usize,
+}
+
+impl Link {
+    /// The link for a part of the bytes this link points at: the value's end is the source's
+    /// bytes from `at` on (relative to this link's offset), after a head of `head` bytes.
+    pub fn within(&self, at: usize, head: usize) -> Link {
+        Link {
+            keyspace: self.keyspace,
+            key: self.key.clone(),
+            offset: self.offset + at as u64,
+            head,
         }
     }
 }
@@ -126,6 +157,25 @@ impl Batch {
             keyspace,
             key: key.into(),
             value: value.into(),
+            link: None,
+        });
+        self
+    }
+
+    /// Puts `value`, whose end is already stored where `link` says (see [`Link`]). Without a
+    /// link, the same as [`put`](Self::put).
+    pub fn put_linked(
+        &mut self,
+        keyspace: &'static str,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        link: Option<Link>,
+    ) -> &mut Self {
+        self.ops.push(Op::Put {
+            keyspace,
+            key: key.into(),
+            value: value.into(),
+            link: link.map(Box::new),
         });
         self
     }

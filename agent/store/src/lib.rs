@@ -17,7 +17,9 @@ mod split;
 pub mod suite;
 
 pub use buffered::Buffered;
-pub use engine::{Batch, Durability, Engine, EngineKind, KeyValue, Op, Space, StoreError, open};
+pub use engine::{
+    Batch, Durability, Engine, EngineKind, KeyValue, Link, Op, Space, StoreError, open,
+};
 pub use log_engine::{DEFAULT_SEGMENT_BYTES, LogEngine};
 pub use redb_engine::RedbEngine;
 pub use sled_engine::SledEngine;

@@ -16,7 +16,26 @@
 //! payload = op*;  op = 1 | keyspace length (u8) | keyspace | key length (u32 LE) | key
 //!                          | value length (u32 LE) | value          (put)
 //!                    | 2 | keyspace length (u8) | keyspace | key length (u32 LE) | key (delete)
+//!                    | 3 | keyspace length (u8) | keyspace | key length (u32 LE) | key
+//!                          | head length (u32 LE) | head | tail segment (u64 LE)
+//!                          | tail offset (u64 LE) | tail length (u32 LE)          (linked put)
 //! ```
+//!
+//! # Linked values
+//!
+//! A put with a [`Link`] whose source this engine holds, as a plain value with exactly the
+//! promised bytes there (checked by reading them), is written as a *linked put*: the value's
+//! head, and where in an earlier record its tail lies. That is how a message body is stored
+//! once: the Raft log entry that carried it holds the bytes, and the body keyspace refers to
+//! them. The index entry of a linked value has two parts; each keeps its segment alive (and
+//! counts in its live bytes), so deleting the source (purging the Raft log) leaves the tail
+//! where it is, and compaction copies a linked value forward whole, as a plain put, when
+//! either part lies in the segment being compacted.
+//!
+//! A linked put is replayed after its source record (which precedes it in the log). When the
+//! tail's segment is gone at replay, compaction removed it after copying the value forward,
+//! or after the value was deleted; either way a later record replaces the link, and one
+//! left pointing nowhere after replay is corruption, reported at open.
 //!
 //! # Crash safety
 //!
@@ -52,7 +71,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::engine::{
-    Batch, Durability, Engine, KeyValue, Op, Space, StoreError, disk_usage, range_is_empty,
+    Batch, Durability, Engine, KeyValue, Link, Op, Space, StoreError, disk_usage, range_is_empty,
     sync_dir, validate_keyspace,
 };
 
@@ -62,6 +81,7 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 const HEADER: usize = 8;
 const PUT: u8 = 1;
 const DELETE: u8 = 2;
+const LINK: u8 = 3;
 const SUFFIX: &str = ".seg";
 
 /// See the [module docs](self).
@@ -98,21 +118,51 @@ struct Segment {
     live: u64,
 }
 
-/// Where a live value lies.
+/// Where a live value lies: its bytes (all of them, or the head of a linked value) and, for
+/// a linked value, its tail in an earlier record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     segment: u64,
     offset: u64,
     len: u32,
+    tail: Option<Part>,
 }
 
-/// One operation of an encoded record: where its value will lie within the record.
+/// A run of bytes in a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Part {
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+impl Loc {
+    fn len(&self) -> usize {
+        self.len as usize + self.tail.map_or(0, |t| t.len as usize)
+    }
+
+    fn lies_in(&self, segment: u64) -> bool {
+        self.segment == segment || self.tail.is_some_and(|t| t.segment == segment)
+    }
+}
+
+/// What one operation of a record writes.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Put(&'a [u8]),
+    /// A linked put: the head, and where the tail lies.
+    Link(&'a [u8], Part),
+    Delete,
+}
+
+/// One operation of an encoded record: where its value (or head) will lie within the record.
 enum Placed<'a> {
     Put {
         keyspace: &'a str,
         key: &'a [u8],
         offset: u64,
         len: u32,
+        tail: Option<Part>,
     },
     Delete {
         keyspace: &'a str,
@@ -136,30 +186,58 @@ fn len32(len: usize, what: &str) -> Result<u32, StoreError> {
 
 /// Encodes `ops` as one record (header included) and says where each value lies in it.
 fn encode<'a>(
-    ops: impl Iterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
+    ops: impl Iterator<Item = (&'a str, &'a [u8], Payload<'a>)> + Clone,
 ) -> Result<(Vec<u8>, Vec<Placed<'a>>), StoreError> {
-    let mut record = vec![0; HEADER];
+    // Sized first, so the record is not copied as it grows.
+    let size: usize = ops
+        .clone()
+        .map(|(keyspace, key, payload)| {
+            6 + keyspace.len()
+                + key.len()
+                + match payload {
+                    Payload::Put(value) => 4 + value.len(),
+                    Payload::Link(head, _) => 24 + head.len(),
+                    Payload::Delete => 0,
+                }
+        })
+        .sum();
+    let mut record = Vec::with_capacity(HEADER + size);
+    record.resize(HEADER, 0);
     let mut placed = Vec::new();
-    for (keyspace, key, value) in ops {
-        record.push(if value.is_some() { PUT } else { DELETE });
+    for (keyspace, key, payload) in ops {
+        record.push(match payload {
+            Payload::Put(_) => PUT,
+            Payload::Link(..) => LINK,
+            Payload::Delete => DELETE,
+        });
         record.push(keyspace.len() as u8);
         record.extend_from_slice(keyspace.as_bytes());
         record.extend_from_slice(&len32(key.len(), "a key")?.to_le_bytes());
         record.extend_from_slice(key);
-        match value {
-            Some(value) => {
-                let len = len32(value.len(), "a value")?;
-                record.extend_from_slice(&len.to_le_bytes());
-                placed.push(Placed::Put {
-                    keyspace,
-                    key,
-                    offset: record.len() as u64,
-                    len,
-                });
-                record.extend_from_slice(value);
+        let (value, tail) = match payload {
+            Payload::Put(value) => (value, None),
+            Payload::Link(head, tail) => (head, Some(tail)),
+            Payload::Delete => {
+                placed.push(Placed::Delete { keyspace, key });
+                continue;
             }
-            None => placed.push(Placed::Delete { keyspace, key }),
+        };
+        let len = len32(value.len(), "a value")?;
+        record.extend_from_slice(&len.to_le_bytes());
+        let offset = record.len() as u64;
+        record.extend_from_slice(value);
+        if let Some(tail) = tail {
+            record.extend_from_slice(&tail.segment.to_le_bytes());
+            record.extend_from_slice(&tail.offset.to_le_bytes());
+            record.extend_from_slice(&tail.len.to_le_bytes());
         }
+        placed.push(Placed::Put {
+            keyspace,
+            key,
+            offset,
+            len,
+            tail,
+        });
     }
     let payload = len32(record.len() - HEADER, "a batch")?;
     let crc = crc32fast::hash(&record[HEADER..]);
@@ -179,6 +257,8 @@ fn decode(payload: &[u8], base: u64) -> Option<Vec<Placed<'_>>> {
     };
     let u32_at =
         |at: &mut usize| -> Option<u32> { Some(u32::from_le_bytes(take(at, 4)?.try_into().ok()?)) };
+    let u64_at =
+        |at: &mut usize| -> Option<u64> { Some(u64::from_le_bytes(take(at, 8)?.try_into().ok()?)) };
     while at < payload.len() {
         let tag = take(&mut at, 1)?[0];
         let ks_len = take(&mut at, 1)?[0] as usize;
@@ -186,15 +266,24 @@ fn decode(payload: &[u8], base: u64) -> Option<Vec<Placed<'_>>> {
         let key_len = u32_at(&mut at)? as usize;
         let key = take(&mut at, key_len)?;
         match tag {
-            PUT => {
+            PUT | LINK => {
                 let len = u32_at(&mut at)?;
                 let offset = base + at as u64;
                 take(&mut at, len as usize)?;
+                let tail = match tag {
+                    LINK => Some(Part {
+                        segment: u64_at(&mut at)?,
+                        offset: u64_at(&mut at)?,
+                        len: u32_at(&mut at)?,
+                    }),
+                    _ => None,
+                };
                 ops.push(Placed::Put {
                     keyspace,
                     key,
                     offset,
                     len,
+                    tail,
                 });
             }
             DELETE => ops.push(Placed::Delete { keyspace, key }),
@@ -228,17 +317,19 @@ impl State {
         };
         let key_len = key.len() as u64;
         if let Some(old) = old {
-            let bytes = key_len + u64::from(old.len);
-            self.live -= bytes;
-            if let Some(segment) = self.segments.get_mut(&old.segment) {
-                segment.live -= bytes;
+            for (segment, bytes) in parts(key_len, &old) {
+                self.live -= bytes;
+                if let Some(segment) = self.segments.get_mut(&segment) {
+                    segment.live -= bytes;
+                }
             }
         }
         if let Some(loc) = loc {
-            let bytes = key_len + u64::from(loc.len);
-            self.live += bytes;
-            if let Some(segment) = self.segments.get_mut(&loc.segment) {
-                segment.live += bytes;
+            for (segment, bytes) in parts(key_len, &loc) {
+                self.live += bytes;
+                if let Some(segment) = self.segments.get_mut(&segment) {
+                    segment.live += bytes;
+                }
             }
         }
     }
@@ -251,6 +342,7 @@ impl State {
                     key,
                     offset,
                     len,
+                    tail,
                 } => self.set(
                     keyspace,
                     key,
@@ -258,6 +350,7 @@ impl State {
                         segment,
                         offset: record_start + offset,
                         len,
+                        tail,
                     }),
                 ),
                 Placed::Delete { keyspace, key } => self.set(keyspace, key, None),
@@ -265,28 +358,82 @@ impl State {
         }
     }
 
-    fn file(&self, loc: &Loc) -> Result<Arc<File>, StoreError> {
+    fn file(&self, segment: u64) -> Result<Arc<File>, StoreError> {
         self.segments
-            .get(&loc.segment)
+            .get(&segment)
             .map(|s| s.file.clone())
             .ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "the index points into missing segment {}",
-                    loc.segment
-                ))
+                StoreError::Corrupt(format!("the index points into missing segment {segment}"))
             })
+    }
+
+    /// The files holding the value at `loc`, to read it after the lock is released (an open
+    /// file stays readable even if compaction deletes it meanwhile).
+    fn locate(&self, loc: &Loc) -> Result<Located, StoreError> {
+        Ok(Located {
+            head: self.file(loc.segment)?,
+            tail: loc.tail.map(|t| self.file(t.segment)).transpose()?,
+            loc: *loc,
+        })
+    }
+
+    /// Where a put's `link` lets it keep only the head of a value of `len` bytes: the bytes
+    /// the source holds there, and the file to check them in. `None` when the source is not
+    /// a plain value of this engine long enough to hold them.
+    fn link_target(&self, link: &Link, len: usize) -> Option<(Arc<File>, Part)> {
+        let tail = len.checked_sub(link.head).filter(|&t| t > 0)?;
+        let source = self.keyspaces.get(link.keyspace)?.get(&link.key)?;
+        if source.tail.is_some() {
+            return None;
+        }
+        let end = link.offset.checked_add(tail as u64)?;
+        if end > u64::from(source.len) {
+            return None;
+        }
+        let file = self.segments.get(&source.segment)?.file.clone();
+        Some((
+            file,
+            Part {
+                segment: source.segment,
+                offset: source.offset + link.offset,
+                len: u32::try_from(tail).ok()?,
+            },
+        ))
     }
 }
 
-fn read_value(file: &File, loc: &Loc) -> Result<Vec<u8>, StoreError> {
-    read_prefix(file, loc, loc.len as usize)
+/// The segments a value's bytes lie in, with the live bytes each part counts for (the key
+/// counts with the head).
+fn parts(key_len: u64, loc: &Loc) -> impl Iterator<Item = (u64, u64)> {
+    std::iter::once((loc.segment, key_len + u64::from(loc.len)))
+        .chain(loc.tail.map(|t| (t.segment, u64::from(t.len))))
 }
 
-/// The first `len` bytes of the value at `loc` (all of it when shorter).
-fn read_prefix(file: &File, loc: &Loc, len: usize) -> Result<Vec<u8>, StoreError> {
-    let mut value = vec![0; len.min(loc.len as usize)];
-    file.read_exact_at(&mut value, loc.offset)?;
-    Ok(value)
+/// A value's location with its files.
+struct Located {
+    head: Arc<File>,
+    tail: Option<Arc<File>>,
+    loc: Loc,
+}
+
+impl Located {
+    fn read(&self) -> Result<Vec<u8>, StoreError> {
+        self.read_prefix(usize::MAX)
+    }
+
+    /// The first `len` bytes of the value (all of it when shorter).
+    fn read_prefix(&self, len: usize) -> Result<Vec<u8>, StoreError> {
+        let mut value = vec![0; len.min(self.loc.len())];
+        let head = value.len().min(self.loc.len as usize);
+        self.head
+            .read_exact_at(&mut value[..head], self.loc.offset)?;
+        if let (Some(file), Some(tail)) = (&self.tail, self.loc.tail)
+            && value.len() > head
+        {
+            file.read_exact_at(&mut value[head..], tail.offset)?;
+        }
+        Ok(value)
+    }
 }
 
 impl LogEngine {
@@ -357,6 +504,20 @@ impl LogEngine {
                 file.sync_all()?;
             }
             state.segments.get_mut(&number).expect("inserted").size = good;
+        }
+        // A link's tail segment can be gone only while a later record replaces the link.
+        for (keyspace, space) in &state.keyspaces {
+            for (key, loc) in space {
+                if let Some(tail) = loc.tail
+                    && !state.segments.contains_key(&tail.segment)
+                {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: {keyspace} key {key:02x?} refers to bytes in segment {}, which is gone",
+                        dir.display(),
+                        tail.segment
+                    )));
+                }
+            }
         }
         let (segment, file, len) = match state.segments.iter().next_back() {
             Some((&number, s)) => (number, s.file.clone(), s.size),
@@ -515,31 +676,30 @@ impl LogEngine {
 
     /// Appends the live values of segment `oldest` to the active segment, then deletes it.
     fn compact_segment(&self, w: &mut Writer, oldest: u64) -> Result<(), StoreError> {
-        let (file, live) = {
+        let live = {
             let state = self.read_state();
-            let file = state.segments[&oldest].file.clone();
             let mut live = Vec::new();
             if state.segments[&oldest].live > 0 {
                 for (keyspace, space) in &state.keyspaces {
                     for (key, loc) in space {
-                        if loc.segment == oldest {
-                            live.push((keyspace.clone(), key.clone(), *loc));
+                        // A linked value with either part here moves whole.
+                        if loc.lies_in(oldest) {
+                            live.push((keyspace.clone(), key.clone(), state.locate(loc)?));
                         }
                     }
                 }
             }
-            (file, live)
+            live
         };
         if !live.is_empty() {
             let values = live
                 .iter()
-                .map(|(_, _, loc)| read_value(&file, loc))
+                .map(|(_, _, located)| located.read())
                 .collect::<Result<Vec<_>, _>>()?;
-            let (record, placed) = encode(
-                live.iter()
-                    .zip(&values)
-                    .map(|((ks, key, _), value)| (ks.as_str(), key.as_slice(), Some(&value[..]))),
-            )?;
+            let (record, placed) =
+                encode(live.iter().zip(&values).map(|((ks, key, _), value)| {
+                    (ks.as_str(), key.as_slice(), Payload::Put(&value[..]))
+                }))?;
             let start = self.append(w, &record, true)?;
             let segment = w.segment;
             let mut state = self.write_state();
@@ -552,6 +712,53 @@ impl LogEngine {
         fs::remove_file(segment_path(&self.dir, oldest))?;
         sync_dir(&self.dir)?;
         Ok(())
+    }
+
+    /// For each op of `batch` (none when no put has a link), where the tail of its value lies
+    /// already: its link's source holds exactly those bytes, read back to be sure.
+    fn link_tails(&self, batch: &Batch) -> Result<Vec<Option<Part>>, StoreError> {
+        fn linked(op: &Op) -> Option<(usize, &Link)> {
+            match op {
+                Op::Put {
+                    value,
+                    link: Some(link),
+                    ..
+                } => Some((value.len(), link)),
+                _ => None,
+            }
+        }
+        if !batch.ops().iter().any(|op| linked(op).is_some()) {
+            return Ok(Vec::new());
+        }
+        let targets: Vec<_> = {
+            let state = self.read_state();
+            batch
+                .ops()
+                .iter()
+                .map(|op| linked(op).and_then(|(len, link)| state.link_target(link, len)))
+                .collect()
+        };
+        let mut stored = Vec::new();
+        targets
+            .into_iter()
+            .zip(batch.ops())
+            .map(|(target, op)| {
+                let (
+                    Some((file, tail)),
+                    Op::Put {
+                        value,
+                        link: Some(link),
+                        ..
+                    },
+                ) = (target, op)
+                else {
+                    return Ok(None);
+                };
+                stored.resize(tail.len as usize, 0);
+                file.read_exact_at(&mut stored, tail.offset)?;
+                Ok((stored[..] == value[link.head..]).then_some(tail))
+            })
+            .collect()
     }
 
     /// The number of segment files, for tests and metrics.
@@ -572,14 +779,14 @@ impl Engine for LogEngine {
         len: usize,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         validate_keyspace(keyspace)?;
-        let (file, loc) = {
+        let located = {
             let state = self.read_state();
             let Some(loc) = state.keyspaces.get(keyspace).and_then(|s| s.get(key)) else {
                 return Ok(None);
             };
-            (state.file(loc)?, *loc)
+            state.locate(loc)?
         };
-        read_prefix(&file, &loc, len).map(Some)
+        located.read_prefix(len).map(Some)
     }
 
     fn contains(&self, keyspace: &'static str, key: &[u8]) -> Result<bool, StoreError> {
@@ -612,7 +819,7 @@ impl Engine for LogEngine {
             };
             let range = space.range::<[u8], _>((start, end));
             let pick = |(key, loc): (&Vec<u8>, &Loc)| -> Result<_, StoreError> {
-                Ok((key.clone(), state.file(loc)?, *loc))
+                Ok((key.clone(), state.locate(loc)?))
             };
             if reverse {
                 range
@@ -626,7 +833,7 @@ impl Engine for LogEngine {
         };
         found
             .into_iter()
-            .map(|(key, file, loc)| Ok((key, read_value(&file, &loc)?)))
+            .map(|(key, located)| Ok((key, located.read()?)))
             .collect()
     }
 
@@ -637,13 +844,23 @@ impl Engine for LogEngine {
         if batch.is_empty() {
             return if sync { self.sync(&mut w) } else { Ok(()) };
         }
-        let (record, placed) = encode(batch.ops().iter().map(|op| match op {
+        // Under the writer lock: no compaction moves a link's source meanwhile.
+        let tails = self.link_tails(&batch)?;
+        let (record, placed) = encode(batch.ops().iter().enumerate().map(|(i, op)| match op {
             Op::Put {
                 keyspace,
                 key,
                 value,
-            } => (*keyspace, key.as_slice(), Some(value.as_slice())),
-            Op::Delete { keyspace, key } => (*keyspace, key.as_slice(), None),
+                link,
+            } => match (link, tails.get(i).copied().flatten()) {
+                (Some(link), Some(tail)) => (
+                    *keyspace,
+                    key.as_slice(),
+                    Payload::Link(&value[..link.head], tail),
+                ),
+                _ => (*keyspace, key.as_slice(), Payload::Put(value)),
+            },
+            Op::Delete { keyspace, key } => (*keyspace, key.as_slice(), Payload::Delete),
         }))?;
         let start = self.append(&mut w, &record, sync)?;
         {
@@ -856,6 +1073,172 @@ mod tests {
         assert!(
             on_disk < 2 * live,
             "{on_disk} bytes of segments for {live} live bytes"
+        );
+    }
+
+    fn linked_put(engine: &LogEngine, key: &[u8], value: &[u8], source: &[u8], offset: u64) {
+        let mut batch = Batch::new();
+        batch.put_linked(
+            "blob",
+            key.to_vec(),
+            value.to_vec(),
+            Some(Link {
+                keyspace: "log",
+                key: source.to_vec(),
+                offset,
+                head: 8,
+            }),
+        );
+        engine.write(batch, Durability::Immediate).expect("write");
+    }
+
+    /// An entry of `n` bytes whose bytes from 16 on are `body`, like a Raft entry carrying a
+    /// message.
+    fn entry_with(body: &[u8]) -> Vec<u8> {
+        [&[0xEE; 16][..], body].concat()
+    }
+
+    fn body(seed: u8) -> Vec<u8> {
+        (0..20_000u32).map(|i| (i as u8) ^ seed).collect()
+    }
+
+    fn blob_value(body: &[u8]) -> Vec<u8> {
+        [&7u64.to_be_bytes()[..], body].concat()
+    }
+
+    #[test]
+    fn a_linked_put_writes_only_its_head_and_outlives_its_source() {
+        let dir = TempDir::new("log-link");
+        let engine = LogEngine::open(dir.path()).unwrap();
+        let mut batch = Batch::new();
+        batch.put("log", b"e1".to_vec(), entry_with(&body(1)));
+        engine.write(batch, Durability::Immediate).unwrap();
+        let before = engine.writer().len;
+        linked_put(&engine, b"h1", &blob_value(&body(1)), b"e1", 16);
+        let written = engine.writer().len - before;
+        assert!(written < 100, "a linked put of 20 KB wrote {written} bytes");
+        // Different bytes at the source: stored whole.
+        let before = engine.writer().len;
+        linked_put(&engine, b"h2", &blob_value(&body(2)), b"e1", 16);
+        assert!(engine.writer().len - before > 20_000);
+        // The source goes (a purged log); the linked value stays, also after reopening.
+        let mut batch = Batch::new();
+        batch.delete("log", b"e1".to_vec());
+        engine.write(batch, Durability::Immediate).unwrap();
+        let check = |engine: &LogEngine| {
+            assert_eq!(
+                engine.get("blob", b"h1").unwrap(),
+                Some(blob_value(&body(1)))
+            );
+            assert_eq!(
+                engine.get("blob", b"h2").unwrap(),
+                Some(blob_value(&body(2)))
+            );
+            assert_eq!(
+                engine.get_prefix("blob", b"h1", 8).unwrap(),
+                Some(7u64.to_be_bytes().to_vec())
+            );
+            assert_eq!(engine.get("log", b"e1").unwrap(), None);
+            // Live bytes count the linked value once, its source no more.
+            let live = engine.space().unwrap().live_bytes;
+            assert_eq!(live, 2 * (2 + 8 + 20_000));
+        };
+        check(&engine);
+        drop(engine);
+        check(&LogEngine::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn linked_values_keep_their_segments_until_compaction_moves_them_whole() {
+        let dir = TempDir::new("log-link-compact");
+        let engine = LogEngine::open_with(dir.path(), 64 << 10).unwrap();
+        let blob_key = |i: u64| [&b"h"[..], &i.to_be_bytes()].concat();
+        // Entries carry bodies that are linked as they are applied; then the log is purged.
+        for i in 0u64..40 {
+            let mut batch = Batch::new();
+            batch.put("log", i.to_be_bytes().to_vec(), entry_with(&body(i as u8)));
+            engine.write(batch, Durability::Deferred).unwrap();
+            linked_put(
+                &engine,
+                &blob_key(i),
+                &blob_value(&body(i as u8)),
+                &i.to_be_bytes(),
+                16,
+            );
+        }
+        let segments = engine.segments();
+        assert!(segments > 10, "{segments} segments");
+        let purge = |from: u64, to: u64| {
+            let mut batch = Batch::new();
+            for i in from..to {
+                batch.delete("log", i.to_be_bytes().to_vec());
+            }
+            engine.write(batch, Durability::Immediate).unwrap();
+        };
+        purge(0, 40);
+        // More entries seal more segments; the ones holding bodies are not worth copying.
+        for i in 40u64..50 {
+            let mut batch = Batch::new();
+            batch.put("log", i.to_be_bytes().to_vec(), vec![1; 20_000]);
+            engine.write(batch, Durability::Deferred).unwrap();
+        }
+        purge(40, 50);
+        assert!(segment_path(dir.path(), 1).exists());
+        assert!(engine.segments() >= segments);
+        for i in 0u64..40 {
+            assert_eq!(
+                engine.get("blob", &blob_key(i)).unwrap(),
+                Some(blob_value(&body(i as u8)))
+            );
+        }
+        // Most messages are expunged: now the old segments are copied forward.
+        let mut batch = Batch::new();
+        for i in 0u64..36 {
+            batch.delete("blob", blob_key(i));
+        }
+        engine.write(batch, Durability::Immediate).unwrap();
+        for i in 50u64..60 {
+            let mut batch = Batch::new();
+            batch.put("log", i.to_be_bytes().to_vec(), vec![1; 20_000]);
+            batch.delete("log", (i - 1).to_be_bytes().to_vec());
+            engine.write(batch, Durability::Deferred).unwrap();
+        }
+        assert!(!segment_path(dir.path(), 1).exists());
+        purge(59, 60);
+        engine.compact().unwrap();
+        drop(engine);
+        let engine = LogEngine::open_with(dir.path(), 64 << 10).unwrap();
+        for i in 0u64..40 {
+            let want = (i >= 36).then(|| blob_value(&body(i as u8)));
+            assert_eq!(engine.get("blob", &blob_key(i)).unwrap(), want);
+        }
+        assert_eq!(engine.space().unwrap().live_bytes, 4 * (9 + 8 + 20_000));
+    }
+
+    #[test]
+    fn a_link_into_a_missing_segment_is_reported() {
+        let dir = TempDir::new("log-link-dangling");
+        let engine = LogEngine::open_with(dir.path(), 64 << 10).unwrap();
+        for i in 0u64..8 {
+            let mut batch = Batch::new();
+            batch.put("log", i.to_be_bytes().to_vec(), entry_with(&body(i as u8)));
+            engine.write(batch, Durability::Immediate).unwrap();
+        }
+        linked_put(
+            &engine,
+            b"h0",
+            &blob_value(&body(0)),
+            &0u64.to_be_bytes(),
+            16,
+        );
+        drop(engine);
+        fs::remove_file(segment_path(dir.path(), 1)).unwrap();
+        let error = LogEngine::open_with(dir.path(), 64 << 10)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&error, StoreError::Corrupt(m) if m.contains("gone")),
+            "{error}"
         );
     }
 

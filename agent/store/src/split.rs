@@ -31,7 +31,10 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::engine::{Batch, Durability, Engine, KeyValue, Op, Space, StoreError};
+use crate::engine::{Batch, Durability, Engine, KeyValue, Link, Op, Space, StoreError};
+
+/// A put to the side engine: its value and link.
+type SidePut = (Vec<u8>, Option<Box<Link>>);
 
 /// See the [module docs](self).
 pub struct Split {
@@ -102,7 +105,7 @@ impl Engine for Split {
         let mut main = Batch::new();
         // The final effect on each side key, in the order the keys were first written.
         let mut order = Vec::new();
-        let mut last: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+        let mut last: HashMap<(&'static str, Vec<u8>), Option<SidePut>> = HashMap::new();
         for op in batch.into_ops() {
             if !self.is_side(op.keyspace()) {
                 match op {
@@ -110,7 +113,8 @@ impl Engine for Split {
                         keyspace,
                         key,
                         value,
-                    } => main.put(keyspace, key, value),
+                        link,
+                    } => main.put_linked(keyspace, key, value, link.map(|link| *link)),
                     Op::Delete { keyspace, key } => main.delete(keyspace, key),
                 };
                 continue;
@@ -120,7 +124,8 @@ impl Engine for Split {
                     keyspace,
                     key,
                     value,
-                } => ((keyspace, key), Some(value)),
+                    link,
+                } => ((keyspace, key), Some((value, link))),
                 Op::Delete { keyspace, key } => ((keyspace, key), None),
             };
             if !last.contains_key(&place) {
@@ -134,7 +139,9 @@ impl Engine for Split {
             let value = last.remove(&place).expect("recorded with its place");
             let (keyspace, key) = place;
             match value {
-                Some(value) => puts.put(keyspace, key, value),
+                Some((value, link)) => {
+                    puts.put_linked(keyspace, key, value, link.map(|link| *link))
+                }
                 None => deletes.delete(keyspace, key),
             };
         }

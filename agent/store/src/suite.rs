@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::{Batch, Durability, Engine, StoreError};
+use crate::{Batch, Durability, Engine, Link, StoreError};
 
 /// How a case opens the engine under test in a directory (called again to reopen).
 pub type Open<'a> = &'a dyn Fn(&Path) -> Arc<dyn Engine>;
@@ -60,6 +60,7 @@ macro_rules! __suite_cases {
             space_is_sane,
             compact_keeps_data,
             concurrent_writers,
+            linked_puts_store_their_value,
         }
     };
     (@expand tests[$open:expr] $($case:ident,)*) => {
@@ -762,4 +763,63 @@ pub fn check_crash_record(seq: u64, record: &[u8]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A put with a [`Link`] stores its value whatever the link says: matching bytes, different
+/// bytes or no source, through deleting the source, reopening and compaction.
+pub fn linked_puts_store_their_value(open: Open<'_>) {
+    let dir = TempDir::new("linked");
+    let engine = open(dir.path());
+    let body = pattern(1, 10_000);
+    let mut source = b"0123456789".to_vec();
+    source.extend_from_slice(&body);
+    put(engine.as_ref(), "src", b"entry", &source);
+    let link = |key: &[u8]| Link {
+        keyspace: "src",
+        key: key.to_vec(),
+        offset: 10,
+        head: 2,
+    };
+    let with_head = |tail: &[u8]| [&b"HD"[..], tail].concat();
+    let same = with_head(&body);
+    let other = with_head(&pattern(2, 10_000));
+    let mut batch = Batch::new();
+    batch.put_linked("b", b"same".to_vec(), same.clone(), Some(link(b"entry")));
+    batch.put_linked("b", b"other".to_vec(), other.clone(), Some(link(b"entry")));
+    batch.put_linked("b", b"lost".to_vec(), same.clone(), Some(link(b"missing")));
+    // Longer than what the source holds from the offset on.
+    let long = with_head(&[body.clone(), b"more".to_vec()].concat());
+    batch.put_linked("b", b"long".to_vec(), long.clone(), Some(link(b"entry")));
+    engine.write(batch, Durability::Immediate).expect("write");
+    let want = |engine: &dyn Engine| {
+        assert_eq!(get(engine, "b", b"same").as_deref(), Some(&same[..]));
+        assert_eq!(get(engine, "b", b"other").as_deref(), Some(&other[..]));
+        assert_eq!(get(engine, "b", b"lost").as_deref(), Some(&same[..]));
+        assert_eq!(get(engine, "b", b"long").as_deref(), Some(&long[..]));
+        assert_eq!(
+            engine.get_prefix("b", b"same", 2).expect("get_prefix"),
+            Some(b"HD".to_vec())
+        );
+        assert_eq!(
+            engine.get_prefix("b", b"same", 5).expect("get_prefix"),
+            Some(same[..5].to_vec())
+        );
+        let scanned = engine
+            .scan("b", Bound::Unbounded, Bound::Unbounded, usize::MAX, false)
+            .expect("scan");
+        assert_eq!(scanned.len(), 4);
+        assert!(scanned.contains(&(b"same".to_vec(), same.clone())));
+    };
+    want(engine.as_ref());
+    delete(engine.as_ref(), "src", b"entry");
+    want(engine.as_ref());
+    close(engine);
+    let engine = open(dir.path());
+    want(engine.as_ref());
+    engine.compact().expect("compact");
+    want(engine.as_ref());
+    close(engine);
+    let engine = open(dir.path());
+    want(engine.as_ref());
+    assert_eq!(get(engine.as_ref(), "src", b"entry"), None);
 }

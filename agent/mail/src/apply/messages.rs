@@ -95,7 +95,9 @@ pub(super) fn blob_incref(txn: &mut Txn<'_>, hash: &BlobHash, body: Option<&[u8]
     match (refs, body) {
         (0, Some(body)) => {
             let value = source::blob_value(txn.index(), body);
-            txn.put(keys::BLOB, key, value);
+            // The log holds the body already, in the command: store it once.
+            let link = txn.link_to(body, value.len() - body.len());
+            txn.put_linked(keys::BLOB, key, value, link);
         }
         (0, None) => {
             return Err(Fail::Store(StoreError::Corrupt(format!(

@@ -7,7 +7,7 @@ mod queue;
 
 use std::ops::Bound;
 
-use tern_store::{Batch, Engine, StoreError};
+use tern_store::{Batch, Engine, Link, StoreError};
 
 use crate::command::{Command, Outcome, Reply, encode_outcome};
 use crate::error::MailError;
@@ -81,7 +81,7 @@ impl MailStateMachine {
         command: &[u8],
     ) -> Result<Vec<u8>, StoreError> {
         let mut group = Group::new(engine, shard, index);
-        let response = group.apply(command)?;
+        let response = group.apply(command, None)?;
         group.write_to(batch);
         Ok(response)
     }
@@ -98,6 +98,10 @@ impl MailStateMachine {
     /// applying the commands one by one, one batch each, would leave. Returns one encoded
     /// [`Outcome`] per command, in order.
     ///
+    /// `stored[k]`, when given, says where the Raft log holds `commands[k]`
+    /// (`tern_raft::Application::apply`): the bodies the commands carry are then put linked
+    /// to it, so an engine holding both stores each body once.
+    ///
     /// `Err` only when reading the engine failed, as for [`apply`](Self::apply); `batch` is
     /// then left as it was.
     pub fn apply_many(
@@ -107,11 +111,13 @@ impl MailStateMachine {
         engine: &dyn Engine,
         batch: &mut Batch,
         commands: &[&[u8]],
+        stored: &[Link],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut group = Group::new(engine, shard, index);
         let responses = commands
             .iter()
-            .map(|command| group.apply(command))
+            .enumerate()
+            .map(|(k, command)| group.apply(command, stored.get(k)))
             .collect::<Result<Vec<_>, _>>()?;
         group.write_to(batch);
         Ok(responses)
@@ -145,13 +151,16 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn apply(&mut self, command: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let command = match Command::decode(command) {
+    fn apply(&mut self, bytes: &[u8], stored: Option<&Link>) -> Result<Vec<u8>, StoreError> {
+        let command = match Command::decode(bytes) {
             Ok(command) => command,
             Err(e) => return Ok(encode_outcome(&Err(e))),
         };
         let shard = self.shard;
         let mut txn = Txn::new(self.engine, shard, self.index, &self.staged);
+        if let Some(stored) = stored {
+            txn = txn.stored_at(bytes, stored);
+        }
         let idempotency = match idempotency(&command) {
             Ok(idempotency) => idempotency,
             Err(e) => return Ok(encode_outcome(&Err(e))),

@@ -109,6 +109,7 @@ impl Shard {
                 &*self.engine,
                 &mut batch,
                 &commands,
+                &[],
             )
             .expect("apply_many reads the engine");
         let ops = batch.len();

@@ -1369,3 +1369,119 @@ fn a_body_left_by_an_interrupted_apply_is_not_counted_as_a_reference() {
     s.ok(&deliver("second", &["alice@example.com"], body));
     assert_eq!(s.read().blob_refs(&hash).unwrap(), 2);
 }
+
+/// Applies `commands` as one entry, each held by the log where `stored` says; returns the
+/// batch.
+fn apply_entry(s: &Shard, commands: &[Vec<u8>], stored: &[tern_store::Link]) -> tern_store::Batch {
+    let mut batch = tern_store::Batch::new();
+    let slices: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+    tern_mail::MailStateMachine::new()
+        .apply_many(
+            s.shard,
+            s.next_index(),
+            &*s.engine,
+            &mut batch,
+            &slices,
+            stored,
+        )
+        .unwrap();
+    batch
+}
+
+/// Where a log holding `commands` one after another at offset 100 of `raft_log` key `entry`
+/// holds each.
+fn stored_links(commands: &[Vec<u8>]) -> Vec<tern_store::Link> {
+    let mut offset = 100;
+    commands
+        .iter()
+        .map(|command| {
+            let link = tern_store::Link {
+                keyspace: "raft_log",
+                key: b"entry".to_vec(),
+                offset,
+                head: 0,
+            };
+            offset += command.len() as u64;
+            link
+        })
+        .collect()
+}
+
+/// The `mail_blob` puts of a batch: value and link.
+fn blob_puts(batch: &tern_store::Batch) -> Vec<(Vec<u8>, Option<tern_store::Link>)> {
+    batch
+        .ops()
+        .iter()
+        .filter_map(|op| match op {
+            tern_store::Op::Put {
+                keyspace: "mail_blob",
+                value,
+                link,
+                ..
+            } => Some((value.clone(), link.as_deref().cloned())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn bodies_are_linked_to_where_the_log_holds_the_command() {
+    let s = with_alice("linked");
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut keyed = append(
+        "alice@example.com",
+        INBOX,
+        vec![],
+        &[&body[..], b"!"].concat(),
+    );
+    if let Command::Append {
+        idempotency_key, ..
+    } = &mut keyed
+    {
+        *idempotency_key = Some(vec![b'k'; 512]);
+    }
+    let commands = vec![
+        deliver("d1", &["alice@example.com"], b"short body").encode(),
+        deliver("d2", &["alice@example.com"], &body).encode(),
+        keyed.encode(),
+    ];
+    let stored = stored_links(&commands);
+    let batch = apply_entry(&s, &commands, &stored);
+    let puts = blob_puts(&batch);
+    assert_eq!(puts.len(), 3);
+    let index = s.index.load(std::sync::atomic::Ordering::Relaxed);
+    let mut linked = 0;
+    for (value, link) in puts {
+        assert_eq!(
+            value[..8],
+            index.to_be_bytes(),
+            "the header is the entry's index"
+        );
+        let stored_body = &value[8..];
+        let Some(link) = link else {
+            assert_eq!(stored_body, b"short body", "only short bodies are copied");
+            continue;
+        };
+        linked += 1;
+        assert_eq!(
+            (link.keyspace, &link.key[..], link.head),
+            ("raft_log", &b"entry"[..], 8)
+        );
+        // The link points at the body inside the command that carried it.
+        let (k, base) = stored
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.offset <= link.offset)
+            .map(|(k, l)| (k, l.offset))
+            .next_back()
+            .unwrap();
+        let at = (link.offset - base) as usize;
+        assert_eq!(&commands[k][at..at + stored_body.len()], stored_body);
+    }
+    assert_eq!(linked, 2);
+    // Without a place in the log, nothing is linked.
+    let again = [deliver("d3", &["alice@example.com"], &body[1..]).encode()];
+    let batch = apply_entry(&s, &again, &[]);
+    assert_eq!(blob_puts(&batch).len(), 1);
+    assert!(blob_puts(&batch).iter().all(|(_, link)| link.is_none()));
+}

@@ -3,9 +3,9 @@
 //! An append puts its entries into the *pending overlay* (keyed by shard and index, holding
 //! the entry for readers and its encoding for the write) and queues its `LogFlushed` callback;
 //! it never touches the engine, so it never waits for a disk. A thread takes everything
-//! pending, of every shard, writes it in one `Immediate` engine write (one fsync), then drops
-//! exactly those entries from the overlay and completes the callbacks it took. Readers see
-//! engine ∪ overlay, the overlay winning. While one write runs, the next group gathers, so
+//! pending, of every shard, writes it in one `Immediate` engine write (one fsync), then moves
+//! exactly those entries from the overlay to the *recent* set and completes the callbacks it
+//! took. Readers see engine ∪ recent ∪ overlay, the overlay winning. While one write runs, the next group gathers, so
 //! durable appends per second grow with concurrency instead of stopping at the disk's fsync
 //! rate, and nothing else waits for the log's fsync on the engine's write lock.
 //!
@@ -23,8 +23,19 @@
 //!   that overlapped one is retried, so a read never mixes entries from both sides of it.
 //! - A failed write completes its callbacks with the error (openraft then stops the shards
 //!   concerned) and leaves the entries in the overlay, still readable, as appended.
+//!
+//! # Recent entries
+//!
+//! Replication and the state machine read entries just after they are appended, mostly after
+//! a round has written them. The last [`RECENT_BYTES`] of written entries stay in memory, as
+//! the same entries the engine holds, so those reads need no engine read and no decoding.
+//! Truncation, purge and shard deletion drop them with the overlay's, so they never differ
+//! from the engine. Per shard the overlay and the recent set together hold a run of the log
+//! up to its end: appends come in index order, a truncation removes a run's tail from both,
+//! and the oldest recent entries go first. So a read whose first index either holds is
+//! answered from memory whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +70,9 @@ struct Shared {
     truncations: AtomicU64,
 }
 
+/// Bytes of written entries (as encoded) kept in memory for readers.
+pub(crate) const RECENT_BYTES: usize = 32 << 20;
+
 /// One appended entry waiting for its durable write.
 struct PendingEntry {
     /// Tells this entry from a later one at the same place.
@@ -67,9 +81,22 @@ struct PendingEntry {
     encoded: Vec<u8>,
 }
 
+/// A written entry kept for readers.
+struct RecentEntry {
+    seq: u64,
+    entry: Entry,
+    len: usize,
+}
+
 #[derive(Default)]
 struct Pending {
     entries: BTreeMap<(ShardId, u64), PendingEntry>,
+    /// Written entries, as the engine holds them, the oldest first out.
+    recent: BTreeMap<(ShardId, u64), RecentEntry>,
+    /// Places and seqs of `recent`'s entries in the order they came; some may be gone.
+    recent_order: VecDeque<((ShardId, u64), u64)>,
+    /// Encoded bytes of the entries in `recent`.
+    recent_bytes: usize,
     /// The committed log id of a shard, saved after its last write (`seq`, value).
     committed: BTreeMap<ShardId, (u64, Option<LogId>)>,
     callbacks: Vec<LogFlushed<TypeConfig>>,
@@ -85,6 +112,39 @@ impl Pending {
 
     fn has_writes(&self) -> bool {
         !self.entries.is_empty() || !self.committed.is_empty()
+    }
+
+    /// Moves an entry a round wrote to the recent set, dropping the oldest beyond the bound.
+    fn written(&mut self, place: (ShardId, u64), entry: PendingEntry) {
+        let len = entry.encoded.len();
+        self.recent_order.push_back((place, entry.seq));
+        let old = self.recent.insert(
+            place,
+            RecentEntry {
+                seq: entry.seq,
+                entry: entry.entry,
+                len,
+            },
+        );
+        self.recent_bytes += len;
+        if let Some(old) = old {
+            self.recent_bytes -= old.len;
+        }
+        while self.recent_bytes > RECENT_BYTES {
+            let Some((place, seq)) = self.recent_order.pop_front() else {
+                break;
+            };
+            if self.recent.get(&place).is_some_and(|e| e.seq == seq) {
+                let gone = self.recent.remove(&place).expect("just found");
+                self.recent_bytes -= gone.len;
+            }
+        }
+        // Places dropped by truncation or purge leave stale records; keep them few.
+        if self.recent_order.len() > 2 * self.recent.len() + 1024 {
+            let recent = &self.recent;
+            self.recent_order
+                .retain(|(place, seq)| recent.get(place).is_some_and(|e| e.seq == *seq));
+        }
     }
 }
 
@@ -176,23 +236,53 @@ impl GroupCommit {
             .map(|(_, committed)| *committed)
     }
 
-    /// Copies of the pending entries of `shard` with index in `[first, last]`, in order.
+    /// Copies of the pending and recent entries of `shard` with index in `[first, last]`, in
+    /// order, until the one whose encoded size brings the total to `byte_limit`.
     pub(crate) fn pending_entries(
         &self,
         shard: ShardId,
         first: u64,
         last: u64,
+        byte_limit: usize,
     ) -> Vec<PendingRead> {
-        self.shared
-            .lock()
-            .entries
-            .range((shard, first)..=(shard, last))
-            .map(|(&(_, index), pending)| PendingRead {
+        let pending = self.shared.lock();
+        let range = (shard, first)..=(shard, last);
+        let recent = pending
+            .recent
+            .range(range.clone())
+            .map(|(&(_, index), e)| PendingRead {
                 index,
-                entry: pending.entry.clone(),
-                len: pending.encoded.len(),
-            })
-            .collect()
+                entry: e.entry.clone(),
+                len: e.len,
+            });
+        let appended = pending
+            .entries
+            .range(range)
+            .map(|(&(_, index), e)| PendingRead {
+                index,
+                entry: e.entry.clone(),
+                len: e.encoded.len(),
+            });
+        // The two hold different places (a round moves an entry from one to the other), and
+        // recent ones come before appended ones but for a truncation's re-appends.
+        let mut merged = Vec::new();
+        let mut bytes = 0usize;
+        let mut recent = recent.peekable();
+        let mut appended = appended.peekable();
+        loop {
+            let next = match (recent.peek(), appended.peek()) {
+                (Some(r), Some(a)) if a.index < r.index => appended.next(),
+                (Some(_), _) => recent.next(),
+                (None, _) => appended.next(),
+            };
+            let Some(next) = next else { break };
+            bytes = bytes.saturating_add(next.len);
+            merged.push(next);
+            if bytes >= byte_limit {
+                break;
+            }
+        }
+        merged
     }
 
     /// The log id of the last pending entry of `shard`.
@@ -251,17 +341,24 @@ impl IoGuard<'_> {
         truncate(self)
     }
 
-    /// Drops the pending entries of `shard` with index in `[first, last]`. Their callbacks
-    /// stay queued: the next round completes them, with nothing of theirs left to write.
+    /// Drops the pending and recent entries of `shard` with index in `[first, last]`. The
+    /// callbacks of pending ones stay queued: the next round completes them, with nothing of
+    /// theirs left to write.
     pub(crate) fn drop_pending(&self, shard: ShardId, first: u64, last: u64) {
         let mut pending = self.shared.lock();
+        let range = (shard, first)..=(shard, last);
         let doomed: Vec<_> = pending
             .entries
-            .range((shard, first)..=(shard, last))
-            .map(|(place, _)| *place)
+            .range(range.clone())
+            .map(|(p, _)| *p)
             .collect();
         for place in doomed {
             pending.entries.remove(&place);
+        }
+        let doomed: Vec<_> = pending.recent.range(range).map(|(p, _)| *p).collect();
+        for place in doomed {
+            let gone = pending.recent.remove(&place).expect("just listed");
+            pending.recent_bytes -= gone.len;
         }
     }
 
@@ -365,7 +462,8 @@ impl Shared {
             let mut pending = self.lock();
             for (place, seq) in taken.entries {
                 if pending.entries.get(&place).is_some_and(|e| e.seq == seq) {
-                    pending.entries.remove(&place);
+                    let entry = pending.entries.remove(&place).expect("just found");
+                    pending.written(place, entry);
                 }
             }
             for (shard, seq) in taken.committed {

@@ -138,7 +138,14 @@ impl LogReader {
         }
         self.log.consistent_read(|| {
             // The overlay first: an entry written to the engine meanwhile is there by then.
-            let pending = self.log.pending_entries(self.shard, first, last);
+            let pending = self
+                .log
+                .pending_entries(self.shard, first, last, byte_limit);
+            // Memory holds a run of the log up to its end; one starting at `first` holds all
+            // of the range there is (see `group_commit`).
+            if pending.first().is_some_and(|p| p.index == first) {
+                return Ok(pending.into_iter().map(|p| p.entry).collect());
+            }
             let mut merge = Merge {
                 pending: pending.into_iter().peekable(),
                 out: Vec::new(),

@@ -51,6 +51,8 @@ struct GatedEngine {
     changed: Condvar,
     /// Flushes and `Immediate` writes other than log appends: each makes the engine durable.
     flushes: AtomicUsize,
+    /// Scans of the log's entries.
+    log_scans: AtomicUsize,
 }
 
 impl GatedEngine {
@@ -63,6 +65,7 @@ impl GatedEngine {
             }),
             changed: Condvar::new(),
             flushes: AtomicUsize::new(0),
+            log_scans: AtomicUsize::new(0),
         })
     }
 
@@ -101,6 +104,9 @@ impl Engine for GatedEngine {
         limit: usize,
         reverse: bool,
     ) -> Result<Vec<KeyValue>, StoreError> {
+        if keyspace == keys::RAFT_LOG {
+            self.log_scans.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.scan(keyspace, start, end, limit, reverse)
     }
 
@@ -301,6 +307,66 @@ async fn appends_are_readable_at_once_and_acknowledged_after_the_durable_write()
         assert_eq!(
             node.reopened_log().await,
             (range(1, 1..=5), Some(log_id(1, 1, 5))),
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_entries_are_read_from_memory_until_truncated_or_purged() {
+    for kind in EngineKind::ALL {
+        let node = Node::new(kind, "recent");
+        let (storage, gated) = node.storage(true);
+        let mut log = storage.log_store(SHARD);
+        let mut reader = log.get_log_reader().await;
+        log.blocking_append((1..=10).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        assert_eq!(stored(&*gated.inner), 10, "{kind}: written");
+        let scans = gated.log_scans.load(Ordering::SeqCst);
+        assert_eq!(
+            ids(reader.try_get_log_entries(3..=7).await.unwrap()),
+            range(1, 3..=7)
+        );
+        let limited = reader.limited_get_log_entries(8, 11).await.unwrap();
+        assert_eq!(ids(limited), range(1, 8..=10), "{kind}");
+        assert_eq!(
+            gated.log_scans.load(Ordering::SeqCst),
+            scans,
+            "{kind}: entries just written are read from memory"
+        );
+
+        // A new leader's log differs from index 6 on: the written entries there are gone
+        // from memory too, and the new ones are read.
+        log.truncate(log_id(1, 1, 6)).await.unwrap();
+        assert_eq!(
+            ids(reader.try_get_log_entries(..).await.unwrap()),
+            range(1, 1..=5)
+        );
+        log.blocking_append((6..=7).map(|i| blank(2, i)))
+            .await
+            .unwrap();
+        let want = [range(1, 1..=5), range(2, 6..=7)].concat();
+        assert_eq!(ids(reader.try_get_log_entries(..).await.unwrap()), want);
+        assert_eq!(
+            ids(reader.try_get_log_entries(4..).await.unwrap()),
+            want[3..]
+        );
+
+        // A purge drops them from memory as from the engine.
+        log.purge(log_id(1, 1, 3)).await.unwrap();
+        assert_eq!(
+            ids(reader.try_get_log_entries(..).await.unwrap()),
+            want[3..]
+        );
+        assert_eq!(
+            ids(reader.try_get_log_entries(1..=4).await.unwrap()),
+            want[3..4]
+        );
+        drop((log, reader, storage, gated));
+        assert_eq!(
+            node.reopened_log().await,
+            (want[3..].to_vec(), Some(log_id(2, 1, 7))),
             "{kind}"
         );
     }

@@ -1,10 +1,14 @@
 //! The redb engine: one file, one table per keyspace, `&[u8]` → `&[u8]`.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError, TableHandle};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, TableHandle,
+};
 
 use crate::engine::{
     Batch, Durability, Engine, KeyValue, Op, Space, StoreError, disk_usage, range_is_empty,
@@ -20,7 +24,19 @@ pub struct RedbEngine {
     // only for the length of one call, so compaction waits for in-flight calls and no more.
     db: RwLock<Database>,
     path: PathBuf,
+    /// A read transaction of the last commit and the tables opened in it, shared by reads
+    /// until the next write: beginning a transaction and opening a table for every `get`
+    /// cost as much as the lookup.
+    reads: Mutex<Option<Reads>>,
 }
+
+/// See [`RedbEngine::reads`]. `None` for a table that does not exist in the transaction.
+struct Reads {
+    txn: ReadTransaction,
+    tables: HashMap<&'static str, Option<Arc<ReadTable>>>,
+}
+
+type ReadTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 type Bytes<'a> = redb::AccessGuard<'a, &'static [u8]>;
 type BytesTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
@@ -52,7 +68,46 @@ impl RedbEngine {
         Ok(Self {
             db: RwLock::new(db),
             path: path.to_owned(),
+            reads: Mutex::new(None),
         })
+    }
+
+    /// The keyspace's table as of the last commit, or `None` when it does not exist.
+    fn read_table(
+        &self,
+        db: &Database,
+        keyspace: &'static str,
+    ) -> Result<Option<Arc<ReadTable>>, StoreError> {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        // Begun under the lock: a write that committed before it has also dropped the
+        // previous one (see `forget_reads`), so this sees every write that returned.
+        let reads = match &mut *reads {
+            Some(reads) => reads,
+            empty => empty.insert(Reads {
+                txn: db.begin_read().map_err(err)?,
+                tables: HashMap::new(),
+            }),
+        };
+        if let Some(table) = reads.tables.get(keyspace) {
+            return Ok(table.clone());
+        }
+        let table = match reads.txn.open_table(table(keyspace)) {
+            Ok(table) => Some(Arc::new(table)),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(err(e)),
+        };
+        reads.tables.insert(keyspace, table.clone());
+        Ok(table)
+    }
+
+    /// Drops the shared read transaction after a commit, so later reads see it.
+    fn forget_reads(&self) {
+        let old = self
+            .reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(old);
     }
 
     fn db(&self) -> RwLockReadGuard<'_, Database> {
@@ -66,11 +121,8 @@ impl Engine for RedbEngine {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         validate_keyspace(keyspace)?;
         let db = self.db();
-        let txn = db.begin_read().map_err(err)?;
-        let table = match txn.open_table(table(keyspace)) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(err(e)),
+        let Some(table) = self.read_table(&db, keyspace)? else {
+            return Ok(None);
         };
         Ok(table.get(key).map_err(err)?.map(|v| v.value().to_vec()))
     }
@@ -88,11 +140,8 @@ impl Engine for RedbEngine {
             return Ok(Vec::new());
         }
         let db = self.db();
-        let txn = db.begin_read().map_err(err)?;
-        let table = match txn.open_table(table(keyspace)) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e)),
+        let Some(table) = self.read_table(&db, keyspace)? else {
+            return Ok(Vec::new());
         };
         let range = table.range::<&[u8]>((start, end)).map_err(err)?;
         let pair = |entry: Result<(Bytes<'_>, Bytes<'_>), redb::StorageError>| {
@@ -145,7 +194,9 @@ impl Engine for RedbEngine {
         }
         drop(open);
         // An error before this point drops `txn`, which aborts it: nothing of the batch lands.
-        txn.commit().map_err(err)
+        let committed = txn.commit().map_err(err);
+        self.forget_reads();
+        committed
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -173,6 +224,8 @@ impl Engine for RedbEngine {
 
     fn compact(&self) -> Result<(), StoreError> {
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Compaction needs every read transaction gone; no read runs while `db` is held.
+        self.forget_reads();
         // Pages freed by non-durable commits are only reusable after a durable one.
         let txn = db.begin_write().map_err(err)?;
         txn.commit().map_err(err)?;

@@ -257,6 +257,27 @@ fn verify(
             }
         }
     }
+    // Each batch after the first also copied the record before it, linked to it.
+    let copies = store
+        .scan(
+            "copy",
+            Bound::Unbounded,
+            Bound::Unbounded,
+            usize::MAX,
+            false,
+        )
+        .expect("scan the copies");
+    assert_eq!(
+        copies.len() as u64,
+        counter.saturating_sub(1),
+        "{context}: copies for counter {counter}"
+    );
+    for ((key, copy), (_, record)) in copies.iter().zip(&log) {
+        assert!(
+            copy[0] == b'C' && copy[1..] == record[..],
+            "{context}: the copy under {key:?} differs from the record before it"
+        );
+    }
     counter
 }
 

@@ -1,9 +1,11 @@
 //! Writes numbered batches into a store until it is killed; used by `tests/crash.rs`.
 //!
-//! `tern-store-crash-writer <redb|sled> <dir> <seed>` continues from the counter it finds in
-//! the store. Each batch puts the next sequence number in keyspace "log" and the same number as
-//! the counter in keyspace "meta", with `Immediate` durability. It prints `ack <seq>` only after
-//! `write` returned, so every number it prints is a write the store promised to keep.
+//! `tern-store-crash-writer <redb|sled|log> <dir> <seed>` continues from the counter it finds
+//! in the store. Each batch puts the next sequence number in keyspace "log", the same number as
+//! the counter in keyspace "meta", and in keyspace "copy" a copy of the previous record behind
+//! a one-byte head, linked to it ([`tern_store::Link`]: on the log engine, a linked record),
+//! with `Immediate` durability. It prints `ack <seq>` only after `write` returned, so every
+//! number it prints is a write the store promised to keep.
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tern_store::suite::crash_record;
-use tern_store::{Batch, Durability, EngineKind};
+use tern_store::{Batch, Durability, EngineKind, Link};
 
 fn main() -> ExitCode {
     match run() {
@@ -55,6 +57,25 @@ fn run() -> Result<(), String> {
         batch
             .put("log", seq.to_be_bytes().to_vec(), crash_record(seq, seed))
             .put("meta", b"counter".to_vec(), seq.to_be_bytes().to_vec());
+        if seq > 1 {
+            // The previous record may come from an earlier run, with another seed: copy it.
+            let previous = (seq - 1).to_be_bytes().to_vec();
+            let source = store
+                .get("log", &previous)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("record {} is missing", seq - 1))?;
+            batch.put_linked(
+                "copy",
+                seq.to_be_bytes().to_vec(),
+                [&b"C"[..], &source].concat(),
+                Some(Link {
+                    keyspace: "log",
+                    key: previous,
+                    offset: 0,
+                    head: 1,
+                }),
+            );
+        }
         store
             .write(batch, Durability::Immediate)
             .map_err(|e| format!("write {seq}: {e}"))?;

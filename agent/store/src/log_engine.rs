@@ -840,12 +840,25 @@ impl Engine for LogEngine {
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
         batch.validate()?;
         let sync = durability == Durability::Immediate;
+        // Read back before taking the writer lock, so group-commit rounds do not wait for
+        // it: the bytes at a place in a segment never change while the segment exists.
+        let tails = self.link_tails(&batch)?;
         let mut w = self.writer();
         if batch.is_empty() {
             return if sync { self.sync(&mut w) } else { Ok(()) };
         }
-        // Under the writer lock: no compaction moves a link's source meanwhile.
-        let tails = self.link_tails(&batch)?;
+        // Under the writer lock no compaction deletes a segment, so a tail whose segment is
+        // still there stays until this record is written and counts it as live.
+        let tails: Vec<Option<Part>> = match tails.is_empty() {
+            true => tails,
+            false => {
+                let state = self.read_state();
+                tails
+                    .into_iter()
+                    .map(|tail| tail.filter(|t| state.segments.contains_key(&t.segment)))
+                    .collect()
+            }
+        };
         let (record, placed) = encode(batch.ops().iter().enumerate().map(|(i, op)| match op {
             Op::Put {
                 keyspace,

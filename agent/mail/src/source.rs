@@ -125,15 +125,13 @@ static NO_WRITES: Layer = BTreeMap::new();
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     keyspaces: BTreeMap<&'static str, Layer>,
-    /// The links of the puts made with one ([`Txn::put_linked`]).
-    links: BTreeMap<(&'static str, Vec<u8>), Link>,
+    /// The links of the puts made with one ([`Txn::put_linked`]), per keyspace.
+    links: BTreeMap<&'static str, BTreeMap<Vec<u8>, Link>>,
 }
 
 impl Writes {
     fn set(&mut self, keyspace: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if !self.links.is_empty() {
-            self.links.remove(&(keyspace, key.clone()));
-        }
+        self.unlink(keyspace, &key);
         self.keyspaces
             .entry(keyspace)
             .or_default()
@@ -141,11 +139,21 @@ impl Writes {
     }
 
     fn set_linked(&mut self, keyspace: &'static str, key: Vec<u8>, value: Vec<u8>, link: Link) {
-        self.links.insert((keyspace, key.clone()), link);
+        self.links
+            .entry(keyspace)
+            .or_default()
+            .insert(key.clone(), link);
         self.keyspaces
             .entry(keyspace)
             .or_default()
             .insert(key, Some(value));
+    }
+
+    /// Forgets the link of `key`, whose value is replaced without one.
+    fn unlink(&mut self, keyspace: &str, key: &[u8]) {
+        if let Some(links) = self.links.get_mut(keyspace) {
+            links.remove(key);
+        }
     }
 
     /// `Some(None)` when `key` was deleted, `None` when it was not written.
@@ -179,14 +187,14 @@ impl Writes {
 
     /// Lays `later` over these writes: where both write a key, `later`'s write stays.
     pub fn absorb(&mut self, later: Writes) {
-        if !self.links.is_empty() {
-            for (keyspace, layer) in &later.keyspaces {
-                for key in layer.keys() {
-                    self.links.remove(&(*keyspace, key.clone()));
-                }
+        for (keyspace, layer) in &later.keyspaces {
+            for key in layer.keys() {
+                self.unlink(keyspace, key);
             }
         }
-        self.links.extend(later.links);
+        for (keyspace, links) in later.links {
+            self.links.entry(keyspace).or_default().extend(links);
+        }
         for (keyspace, layer) in later.keyspaces {
             let mine = self.keyspaces.entry(keyspace).or_default();
             if mine.is_empty() {
@@ -204,13 +212,11 @@ impl Writes {
     /// Appends the writes to `batch`, by keyspace, then by key.
     pub fn write_to(mut self, batch: &mut Batch) {
         for (keyspace, layer) in self.keyspaces {
+            let mut links = self.links.remove(keyspace).unwrap_or_default();
             for (key, value) in layer {
                 match value {
                     Some(value) => {
-                        let link = match self.links.is_empty() {
-                            true => None,
-                            false => self.links.remove(&(keyspace, key.clone())),
-                        };
+                        let link = links.remove(&key);
                         batch.put_linked(keyspace, key, value, link)
                     }
                     None => batch.delete(keyspace, key),
@@ -649,6 +655,42 @@ mod tests {
     use super::*;
 
     const KS: &str = "mail_test";
+
+    #[test]
+    fn a_link_goes_with_its_put_and_not_with_a_later_write_of_the_key() {
+        let link = Link {
+            keyspace: "log",
+            key: b"entry".to_vec(),
+            offset: 0,
+            head: 1,
+        };
+        let mut group = Writes::default();
+        for key in [b"a", b"b", b"c"] {
+            group.set_linked(KS, key.to_vec(), b"xx".to_vec(), link.clone());
+        }
+        group.set(KS, b"b".to_vec(), Some(b"plain".to_vec()));
+        let mut later = Writes::default();
+        later.set(KS, b"c".to_vec(), None);
+        group.absorb(later);
+        let mut batch = Batch::new();
+        group.write_to(&mut batch);
+        let linked: Vec<(Vec<u8>, bool)> = batch
+            .ops()
+            .iter()
+            .map(|op| match op {
+                tern_store::Op::Put { key, link, .. } => (key.clone(), link.is_some()),
+                tern_store::Op::Delete { key, .. } => (key.clone(), false),
+            })
+            .collect();
+        assert_eq!(
+            linked,
+            vec![
+                (b"a".to_vec(), true),
+                (b"b".to_vec(), false),
+                (b"c".to_vec(), false)
+            ]
+        );
+    }
 
     type Write = (u8, Option<u8>);
 

@@ -43,8 +43,9 @@ pub const DEFAULT_LIMIT: usize = 64 << 20;
 #[derive(Clone, Default)]
 struct Overlay {
     spaces: BTreeMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// The links of the pending puts that came with one, passed on to the inner engine.
-    links: HashMap<(&'static str, Vec<u8>), Box<Link>>,
+    /// The links of the pending puts that came with one, per keyspace, passed on to the
+    /// inner engine.
+    links: HashMap<&'static str, HashMap<Vec<u8>, Box<Link>>>,
     bytes: usize,
 }
 
@@ -62,25 +63,40 @@ impl Overlay {
             };
             self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
             match link {
-                Some(link) => self.links.insert((keyspace, key.clone()), link),
-                None if self.links.is_empty() => None,
-                None => self.links.remove(&(keyspace, key.clone())),
-            };
+                Some(link) => {
+                    self.links
+                        .entry(keyspace)
+                        .or_default()
+                        .insert(key.clone(), link);
+                }
+                None => self.unlink(keyspace, &key),
+            }
             self.spaces.entry(keyspace).or_default().insert(key, value);
         }
+    }
+
+    /// Forgets the link of `key`, whose value is replaced without one.
+    fn unlink(&mut self, keyspace: &str, key: &[u8]) {
+        if let Some(links) = self.links.get_mut(keyspace) {
+            links.remove(key);
+        }
+    }
+
+    fn link(&self, keyspace: &str, key: &[u8]) -> Option<&Link> {
+        self.links.get(keyspace)?.get(key).map(|link| &**link)
     }
 
     /// Lays `newer` over these writes: where both write a key, `newer`'s write stays.
     fn absorb(&mut self, newer: Overlay) {
         for (keyspace, space) in newer.spaces {
-            if !self.links.is_empty() {
-                for key in space.keys() {
-                    self.links.remove(&(keyspace, key.clone()));
-                }
+            for key in space.keys() {
+                self.unlink(keyspace, key);
             }
             self.spaces.entry(keyspace).or_default().extend(space);
         }
-        self.links.extend(newer.links);
+        for (keyspace, links) in newer.links {
+            self.links.entry(keyspace).or_default().extend(links);
+        }
         self.bytes += newer.bytes;
     }
 
@@ -101,18 +117,12 @@ impl Overlay {
         for (keyspace, space) in &self.spaces {
             for (key, value) in space {
                 match value {
-                    Some(value) => {
-                        let link = match self.links.is_empty() {
-                            true => None,
-                            false => self.links.get(&(*keyspace, key.clone())),
-                        };
-                        batch.put_linked(
-                            keyspace,
-                            key.clone(),
-                            value.clone(),
-                            link.map(|link| (**link).clone()),
-                        )
-                    }
+                    Some(value) => batch.put_linked(
+                        keyspace,
+                        key.clone(),
+                        value.clone(),
+                        self.link(keyspace, key).cloned(),
+                    ),
                     None => batch.delete(keyspace, key.clone()),
                 };
             }
@@ -476,6 +486,50 @@ mod tests {
 
     fn open_buffered(kind: EngineKind, dir: &std::path::Path) -> Arc<dyn Engine> {
         Arc::new(Buffered::new(crate::open(kind, dir).unwrap()))
+    }
+
+    fn links_of(batch: &Batch) -> Vec<(Vec<u8>, bool)> {
+        batch
+            .ops()
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, link, .. } => (key.clone(), link.is_some()),
+                Op::Delete { key, .. } => (key.clone(), false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_link_goes_with_its_put_and_not_with_a_later_write_of_the_key() {
+        let link = Link {
+            keyspace: "log",
+            key: b"entry".to_vec(),
+            offset: 0,
+            head: 1,
+        };
+        let mut first = Batch::new();
+        first.put_linked("b", b"a".to_vec(), b"xa".to_vec(), Some(link.clone()));
+        first.put_linked("b", b"b".to_vec(), b"xb".to_vec(), Some(link.clone()));
+        first.put_linked("b", b"c".to_vec(), b"xc".to_vec(), Some(link.clone()));
+        let mut overlay = Overlay::default();
+        overlay.apply(first.into_ops());
+        let mut later = Batch::new();
+        later.put("b", b"b".to_vec(), b"plain".to_vec());
+        overlay.apply(later.into_ops());
+        let mut newer = Overlay::default();
+        let mut last = Batch::new();
+        last.delete("b", b"c".to_vec());
+        newer.apply(last.into_ops());
+        // As a failed flush puts the frozen writes back under the newer ones.
+        overlay.absorb(newer);
+        assert_eq!(
+            links_of(&overlay.to_batch()),
+            vec![
+                (b"a".to_vec(), true),
+                (b"b".to_vec(), false),
+                (b"c".to_vec(), false)
+            ]
+        );
     }
 
     #[test]

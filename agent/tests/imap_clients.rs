@@ -24,42 +24,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    Cluster, Options, create_account_retrying, create_domain_retrying, run, strings, tools,
+    Cluster, Options, PY_MAIL_CLIENT, create_account_retrying, create_domain_retrying, run,
+    strings, tools,
 };
 use tern_agent::pki::LocalPki;
 
 const DOMAIN: &str = "example.test";
 const PASSWORD: &str = "correct horse battery staple";
 
-/// The Python side: delivery by SMTP, and the server's view of INBOX over imaps.
-const CLIENT: &str = r#"
-import imaplib, json, re, smtplib, ssl, sys, time
-
-mode, ca = sys.argv[1], sys.argv[2]
-
-def deliver(addr, to, subject):
-    host, port = addr.rsplit(":", 1)
-    msg = (f"From: sender@remote.test\r\nTo: {to}\r\nSubject: {subject}\r\n"
-           f"Message-ID: <{subject}@remote.test>\r\n\r\n{subject} body\r\n")
-    deadline = time.time() + 30
-    while True:
-        try:
-            with smtplib.SMTP(host, int(port), timeout=30) as s:
-                s.sendmail("sender@remote.test", [to], msg)
-            return
-        except smtplib.SMTPException:
-            # 451 while the shard elects its leader: the client retries.
-            if time.time() > deadline:
-                raise
-            time.sleep(0.2)
-
-def login(addr, user, password):
-    host, port = addr.rsplit(":", 1)
-    ctx = ssl.create_default_context(cafile=ca)
-    m = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx, timeout=30)
-    typ, _ = m.login(user, password)
-    assert typ == "OK", typ
-    return m
+/// The Python side after [`PY_MAIL_CLIENT`]: delivery by SMTP, and the server's view of
+/// INBOX over imaps.
+const CLIENT_MODES: &str = r#"
+import json, re
 
 if mode == "deliver":
     smtp, to = sys.argv[3:5]
@@ -70,7 +46,7 @@ if mode == "deliver":
 elif mode == "list":
     # INBOX as JSON: [{"uid": 1, "flags": ["\\Seen"], "subject": "..."}].
     imap, user, password = sys.argv[3:6]
-    m = login(imap, user, password)
+    m = login(imap, user, password, implicit_tls=True)
     typ, data = m.select("INBOX", readonly=True)
     assert typ == "OK", (typ, data)
     found = []
@@ -90,7 +66,7 @@ elif mode == "list":
 
 elif mode == "flag":
     imap, user, password, subject, flag = sys.argv[3:8]
-    m = login(imap, user, password)
+    m = login(imap, user, password, implicit_tls=True)
     m.select("INBOX")
     typ, data = m.uid("SEARCH", "HEADER", "Subject", subject)
     uids = data[0].split()
@@ -121,9 +97,11 @@ struct Listed {
     subject: String,
 }
 
-/// Runs one step of [`CLIENT`]; returns what followed `OK`.
+/// Runs one step of the client ([`PY_MAIL_CLIENT`] and [`CLIENT_MODES`]); returns what
+/// followed `OK`.
 async fn client(cluster: &Cluster, mode: &str, args: &[&str]) -> String {
-    cluster.python_step(CLIENT, mode, args).await
+    let script = format!("{PY_MAIL_CLIENT}{CLIENT_MODES}");
+    cluster.python_step(&script, mode, args).await
 }
 
 /// INBOX of `user` through node `node`.

@@ -1302,7 +1302,8 @@ impl Drop for Netns {
 /// The start of a Python mail client for [`Cluster::python_step`]: reads the mode and the CA
 /// file from its arguments and defines `deliver(smtp_addr, to, subject)` (SMTP, retried for
 /// 30 s through a leader election's `451`), `login(imap_addr, user, password)` (IMAP with
-/// STARTTLS) and `fail(why)`. A test's script follows it with its modes.
+/// STARTTLS; with `implicit_tls=True`, imaps) and `fail(why)`. A test's script follows it
+/// with its modes.
 pub const PY_MAIL_CLIENT: &str = r#"
 import imaplib, smtplib, socket, ssl, sys, time
 
@@ -1325,10 +1326,13 @@ def deliver(addr, to, subject):
                 raise
             time.sleep(0.2)
 
-def login(addr, user, password):
+def login(addr, user, password, implicit_tls=False):
     host, port = addr.rsplit(":", 1)
-    m = imaplib.IMAP4(host, int(port), timeout=30)
-    m.starttls(ssl_context=ctx)
+    if implicit_tls:
+        m = imaplib.IMAP4_SSL(host, int(port), ssl_context=ctx, timeout=30)
+    else:
+        m = imaplib.IMAP4(host, int(port), timeout=30)
+        m.starttls(ssl_context=ctx)
     typ, _ = m.login(user, password)
     assert typ == "OK", typ
     return m

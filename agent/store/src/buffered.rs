@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::engine::{Batch, Durability, Engine, KeyValue, Link, Op, Space, StoreError};
+use crate::engine::{Batch, Durability, Engine, KeyValue, Link, Op, OpRef, Space, StoreError};
 
 /// Overlay size (keys plus values) at which a write flushes on its own.
 pub const DEFAULT_LIMIT: usize = 64 << 20;
@@ -111,23 +111,19 @@ impl Overlay {
         self.spaces.is_empty()
     }
 
-    /// The overlay as one batch, in keyspace and key order.
-    fn to_batch(&self) -> Batch {
-        let mut batch = Batch::new();
-        for (keyspace, space) in &self.spaces {
-            for (key, value) in space {
-                match value {
-                    Some(value) => batch.put_linked(
-                        keyspace,
-                        key.clone(),
-                        value.clone(),
-                        self.link(keyspace, key).cloned(),
-                    ),
-                    None => batch.delete(keyspace, key.clone()),
-                };
-            }
-        }
-        batch
+    /// The overlay's writes, borrowed, in keyspace and key order.
+    fn ops(&self) -> impl Iterator<Item = OpRef<'_>> {
+        self.spaces.iter().flat_map(move |(keyspace, space)| {
+            space.iter().map(move |(key, value)| match value {
+                Some(value) => OpRef::Put {
+                    keyspace,
+                    key,
+                    value,
+                    link: self.link(keyspace, key),
+                },
+                None => OpRef::Delete { keyspace, key },
+            })
+        })
     }
 }
 
@@ -182,25 +178,19 @@ impl Buffered {
                 Some(frozen)
             }
         };
-        let mut batch = frozen.as_deref().map(Overlay::to_batch).unwrap_or_default();
-        if let Some(extra) = extra {
-            for op in extra.into_ops() {
-                match op {
-                    Op::Put {
-                        keyspace,
-                        key,
-                        value,
-                        link,
-                    } => batch.put_linked(keyspace, key, value, link.map(|link| *link)),
-                    Op::Delete { keyspace, key } => batch.delete(keyspace, key),
-                };
-            }
+        // Written from where the overlay holds them, not copied into a batch.
+        let mut ops: Vec<OpRef<'_>> = frozen
+            .as_deref()
+            .map_or_else(Vec::new, |frozen| frozen.ops().collect());
+        if let Some(extra) = &extra {
+            ops.extend(extra.ops().iter().map(Op::as_ref));
         }
-        let result = if batch.is_empty() {
+        let result = if ops.is_empty() {
             self.inner.flush()
         } else {
-            self.inner.write(batch, Durability::Immediate)
+            self.inner.write_ops(&ops, Durability::Immediate)
         };
+        drop(ops);
         match result {
             Ok(()) => {
                 *self.frozen.write().unwrap_or_else(PoisonError::into_inner) = None;
@@ -488,13 +478,12 @@ mod tests {
         Arc::new(Buffered::new(crate::open(kind, dir).unwrap()))
     }
 
-    fn links_of(batch: &Batch) -> Vec<(Vec<u8>, bool)> {
-        batch
+    fn links_of(overlay: &Overlay) -> Vec<(Vec<u8>, bool)> {
+        overlay
             .ops()
-            .iter()
             .map(|op| match op {
-                Op::Put { key, link, .. } => (key.clone(), link.is_some()),
-                Op::Delete { key, .. } => (key.clone(), false),
+                OpRef::Put { key, link, .. } => (key.to_vec(), link.is_some()),
+                OpRef::Delete { key, .. } => (key.to_vec(), false),
             })
             .collect()
     }
@@ -523,7 +512,7 @@ mod tests {
         // As a failed flush puts the frozen writes back under the newer ones.
         overlay.absorb(newer);
         assert_eq!(
-            links_of(&overlay.to_batch()),
+            links_of(&overlay),
             vec![
                 (b"a".to_vec(), true),
                 (b"b".to_vec(), false),

@@ -57,6 +57,14 @@ pub trait Engine: Send + Sync + 'static {
     /// either all or none are visible. Operations apply in order, so the last one on a key wins.
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError>;
 
+    /// [`write`](Self::write) of a batch of these operations, borrowed: an engine that copies
+    /// keys and values into its own storage anyway (redb, the log engine) writes them from
+    /// where they are, so a caller holding its writes elsewhere (`Buffered`'s overlay) need
+    /// not copy them into a [`Batch`] first. The default does that copy.
+    fn write_ops(&self, ops: &[OpRef<'_>], durability: Durability) -> Result<(), StoreError> {
+        self.write(Batch::from_refs(ops), durability)
+    }
+
     /// Makes everything written so far durable (fsync).
     fn flush(&self) -> Result<(), StoreError>;
 
@@ -103,6 +111,74 @@ impl Op {
     pub fn keyspace(&self) -> &'static str {
         match self {
             Op::Put { keyspace, .. } | Op::Delete { keyspace, .. } => keyspace,
+        }
+    }
+
+    /// The operation, borrowed.
+    pub fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            Op::Put {
+                keyspace,
+                key,
+                value,
+                link,
+            } => OpRef::Put {
+                keyspace,
+                key,
+                value,
+                link: link.as_deref(),
+            },
+            Op::Delete { keyspace, key } => OpRef::Delete { keyspace, key },
+        }
+    }
+}
+
+/// An [`Op`] whose key, value and link are borrowed ([`Engine::write_ops`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpRef<'a> {
+    Put {
+        keyspace: &'static str,
+        key: &'a [u8],
+        value: &'a [u8],
+        link: Option<&'a Link>,
+    },
+    Delete {
+        keyspace: &'static str,
+        key: &'a [u8],
+    },
+}
+
+impl<'a> OpRef<'a> {
+    pub fn keyspace(&self) -> &'static str {
+        match self {
+            OpRef::Put { keyspace, .. } | OpRef::Delete { keyspace, .. } => keyspace,
+        }
+    }
+
+    pub fn key(&self) -> &'a [u8] {
+        match self {
+            OpRef::Put { key, .. } | OpRef::Delete { key, .. } => key,
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_op(&self) -> Op {
+        match *self {
+            OpRef::Put {
+                keyspace,
+                key,
+                value,
+                link,
+            } => Op::Put {
+                keyspace,
+                key: key.to_vec(),
+                value: value.to_vec(),
+                link: link.map(|link| Box::new(link.clone())),
+            },
+            OpRef::Delete { keyspace, key } => Op::Delete {
+                keyspace,
+                key: key.to_vec(),
+            },
         }
     }
 }
@@ -205,12 +281,31 @@ impl Batch {
         self.ops
     }
 
+    /// The operations, borrowed ([`Engine::write_ops`]).
+    pub fn refs(&self) -> Vec<OpRef<'_>> {
+        self.ops.iter().map(Op::as_ref).collect()
+    }
+
+    /// A batch of owned copies of `ops`.
+    pub fn from_refs(ops: &[OpRef<'_>]) -> Batch {
+        Batch {
+            ops: ops.iter().map(OpRef::to_op).collect(),
+        }
+    }
+
     /// Rejects the batch as a whole before any of it is applied.
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
         self.ops
             .iter()
             .try_for_each(|op| validate_keyspace(op.keyspace()))
     }
+}
+
+/// Rejects borrowed operations as a whole before any of them is applied, as
+/// [`Batch::validate`].
+pub(crate) fn validate_ops(ops: &[OpRef<'_>]) -> Result<(), StoreError> {
+    ops.iter()
+        .try_for_each(|op| validate_keyspace(op.keyspace()))
 }
 
 /// Space used by a store.

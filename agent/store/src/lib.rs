@@ -18,7 +18,7 @@ pub mod suite;
 
 pub use buffered::Buffered;
 pub use engine::{
-    Batch, Durability, Engine, EngineKind, KeyValue, Link, Op, Space, StoreError, open,
+    Batch, Durability, Engine, EngineKind, KeyValue, Link, Op, OpRef, Space, StoreError, open,
 };
 pub use log_engine::{DEFAULT_SEGMENT_BYTES, LogEngine};
 pub use redb_engine::RedbEngine;

@@ -71,8 +71,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::engine::{
-    Batch, Durability, Engine, KeyValue, Link, Op, Space, StoreError, disk_usage, range_is_empty,
-    sync_dir, validate_keyspace,
+    Batch, Durability, Engine, KeyValue, Link, OpRef, Space, StoreError, disk_usage,
+    range_is_empty, sync_dir, validate_keyspace, validate_ops,
 };
 
 /// A segment is sealed and a new one started once it holds this many bytes.
@@ -716,42 +716,32 @@ impl LogEngine {
 
     /// For each op of `batch` (none when no put has a link), where the tail of its value lies
     /// already: its link's source holds exactly those bytes, read back to be sure.
-    fn link_tails(&self, batch: &Batch) -> Result<Vec<Option<Part>>, StoreError> {
-        fn linked(op: &Op) -> Option<(usize, &Link)> {
-            match op {
-                Op::Put {
+    fn link_tails(&self, ops: &[OpRef<'_>]) -> Result<Vec<Option<Part>>, StoreError> {
+        fn linked<'a>(op: &OpRef<'a>) -> Option<(&'a [u8], &'a Link)> {
+            match *op {
+                OpRef::Put {
                     value,
                     link: Some(link),
                     ..
-                } => Some((value.len(), link)),
+                } => Some((value, link)),
                 _ => None,
             }
         }
-        if !batch.ops().iter().any(|op| linked(op).is_some()) {
+        if !ops.iter().any(|op| linked(op).is_some()) {
             return Ok(Vec::new());
         }
         let targets: Vec<_> = {
             let state = self.read_state();
-            batch
-                .ops()
-                .iter()
-                .map(|op| linked(op).and_then(|(len, link)| state.link_target(link, len)))
+            ops.iter()
+                .map(|op| linked(op).and_then(|(value, link)| state.link_target(link, value.len())))
                 .collect()
         };
         let mut stored = Vec::new();
         targets
             .into_iter()
-            .zip(batch.ops())
+            .zip(ops)
             .map(|(target, op)| {
-                let (
-                    Some((file, tail)),
-                    Op::Put {
-                        value,
-                        link: Some(link),
-                        ..
-                    },
-                ) = (target, op)
-                else {
+                let (Some((file, tail)), Some((value, link))) = (target, linked(op)) else {
                     return Ok(None);
                 };
                 stored.resize(tail.len as usize, 0);
@@ -838,13 +828,17 @@ impl Engine for LogEngine {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        batch.validate()?;
+        self.write_ops(&batch.refs(), durability)
+    }
+
+    fn write_ops(&self, ops: &[OpRef<'_>], durability: Durability) -> Result<(), StoreError> {
+        validate_ops(ops)?;
         let sync = durability == Durability::Immediate;
         // Read back before taking the writer lock, so group-commit rounds do not wait for
         // it: the bytes at a place in a segment never change while the segment exists.
-        let tails = self.link_tails(&batch)?;
+        let tails = self.link_tails(ops)?;
         let mut w = self.writer();
-        if batch.is_empty() {
+        if ops.is_empty() {
             return if sync { self.sync(&mut w) } else { Ok(()) };
         }
         // Under the writer lock no compaction deletes a segment, so a tail whose segment is
@@ -859,21 +853,19 @@ impl Engine for LogEngine {
                     .collect()
             }
         };
-        let (record, placed) = encode(batch.ops().iter().enumerate().map(|(i, op)| match op {
-            Op::Put {
+        let (record, placed) = encode(ops.iter().enumerate().map(|(i, op)| match *op {
+            OpRef::Put {
                 keyspace,
                 key,
                 value,
                 link,
             } => match (link, tails.get(i).copied().flatten()) {
-                (Some(link), Some(tail)) => (
-                    *keyspace,
-                    key.as_slice(),
-                    Payload::Link(&value[..link.head], tail),
-                ),
-                _ => (*keyspace, key.as_slice(), Payload::Put(value)),
+                (Some(link), Some(tail)) => {
+                    (keyspace, key, Payload::Link(&value[..link.head], tail))
+                }
+                _ => (keyspace, key, Payload::Put(value)),
             },
-            Op::Delete { keyspace, key } => (*keyspace, key.as_slice(), Payload::Delete),
+            OpRef::Delete { keyspace, key } => (keyspace, key, Payload::Delete),
         }))?;
         let start = self.append(&mut w, &record, sync)?;
         {

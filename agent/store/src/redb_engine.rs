@@ -11,8 +11,8 @@ use redb::{
 };
 
 use crate::engine::{
-    Batch, Durability, Engine, KeyValue, Op, Space, StoreError, disk_usage, range_is_empty,
-    validate_keyspace,
+    Batch, Durability, Engine, KeyValue, OpRef, Space, StoreError, disk_usage, range_is_empty,
+    validate_keyspace, validate_ops,
 };
 
 /// Each `compact()` call of redb moves some pages; it reports whether it could do more. The cap
@@ -157,8 +157,12 @@ impl Engine for RedbEngine {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        batch.validate()?;
-        if batch.is_empty() && durability == Durability::Deferred {
+        self.write_ops(&batch.refs(), durability)
+    }
+
+    fn write_ops(&self, ops: &[OpRef<'_>], durability: Durability) -> Result<(), StoreError> {
+        validate_ops(ops)?;
+        if ops.is_empty() && durability == Durability::Deferred {
             return Ok(());
         }
         let db = self.db();
@@ -171,7 +175,7 @@ impl Engine for RedbEngine {
         // Consecutive operations on one keyspace share an open table; a transaction allows only
         // one open handle per table, so the previous one is dropped before the next opens.
         let mut open: Option<(&'static str, BytesTable<'_>)> = None;
-        for op in batch.into_ops() {
+        for op in ops {
             let keyspace = op.keyspace();
             let table = match &mut open {
                 Some((name, table)) if *name == keyspace => table,
@@ -181,14 +185,12 @@ impl Engine for RedbEngine {
                     &mut slot.insert((keyspace, table)).1
                 }
             };
-            match op {
-                Op::Put { key, value, .. } => {
-                    table
-                        .insert(key.as_slice(), value.as_slice())
-                        .map_err(err)?;
+            match *op {
+                OpRef::Put { key, value, .. } => {
+                    table.insert(key, value).map_err(err)?;
                 }
-                Op::Delete { key, .. } => {
-                    table.remove(key.as_slice()).map_err(err)?;
+                OpRef::Delete { key, .. } => {
+                    table.remove(key).map_err(err)?;
                 }
             }
         }

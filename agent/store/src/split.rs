@@ -31,10 +31,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use crate::engine::{Batch, Durability, Engine, KeyValue, Link, Op, Space, StoreError};
-
-/// A put to the side engine: its value and link.
-type SidePut = (Vec<u8>, Option<Box<Link>>);
+use crate::engine::{Batch, Durability, Engine, KeyValue, OpRef, Space, StoreError, validate_ops};
 
 /// See the [module docs](self).
 pub struct Split {
@@ -101,58 +98,37 @@ impl Engine for Split {
     }
 
     fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        batch.validate()?;
-        let mut main = Batch::new();
+        self.write_ops(&batch.refs(), durability)
+    }
+
+    fn write_ops(&self, ops: &[OpRef<'_>], durability: Durability) -> Result<(), StoreError> {
+        validate_ops(ops)?;
+        let mut main = Vec::with_capacity(ops.len());
         // The final effect on each side key, in the order the keys were first written.
         let mut order = Vec::new();
-        let mut last: HashMap<(&'static str, Vec<u8>), Option<SidePut>> = HashMap::new();
-        for op in batch.into_ops() {
+        let mut last: HashMap<(&'static str, &[u8]), OpRef<'_>> = HashMap::new();
+        for op in ops {
             if !self.is_side(op.keyspace()) {
-                match op {
-                    Op::Put {
-                        keyspace,
-                        key,
-                        value,
-                        link,
-                    } => main.put_linked(keyspace, key, value, link.map(|link| *link)),
-                    Op::Delete { keyspace, key } => main.delete(keyspace, key),
-                };
+                main.push(*op);
                 continue;
             }
-            let (place, value) = match op {
-                Op::Put {
-                    keyspace,
-                    key,
-                    value,
-                    link,
-                } => ((keyspace, key), Some((value, link))),
-                Op::Delete { keyspace, key } => ((keyspace, key), None),
-            };
-            if !last.contains_key(&place) {
-                order.push(place.clone());
+            let place = (op.keyspace(), op.key());
+            if last.insert(place, *op).is_none() {
+                order.push(place);
             }
-            last.insert(place, value);
         }
-        let mut puts = Batch::new();
-        let mut deletes = Batch::new();
-        for place in order {
-            let value = last.remove(&place).expect("recorded with its place");
-            let (keyspace, key) = place;
-            match value {
-                Some((value, link)) => {
-                    puts.put_linked(keyspace, key, value, link.map(|link| *link))
-                }
-                None => deletes.delete(keyspace, key),
-            };
-        }
+        let (puts, deletes): (Vec<OpRef<'_>>, Vec<OpRef<'_>>) = order
+            .into_iter()
+            .map(|place| last[&place])
+            .partition(|op| matches!(op, OpRef::Put { .. }));
         if !puts.is_empty() {
-            self.side.write(puts, Durability::Immediate)?;
+            self.side.write_ops(&puts, Durability::Immediate)?;
         }
         if !main.is_empty() || (durability == Durability::Immediate && deletes.is_empty()) {
-            self.main.write(main, durability)?;
+            self.main.write_ops(&main, durability)?;
         }
         if !deletes.is_empty() {
-            self.side.write(deletes, durability)?;
+            self.side.write_ops(&deletes, durability)?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::{Batch, Durability, Engine, Link, StoreError};
+use crate::{Batch, Durability, Engine, Link, OpRef, StoreError};
 
 /// How a case opens the engine under test in a directory (called again to reopen).
 pub type Open<'a> = &'a dyn Fn(&Path) -> Arc<dyn Engine>;
@@ -61,6 +61,7 @@ macro_rules! __suite_cases {
             compact_keeps_data,
             concurrent_writers,
             linked_puts_store_their_value,
+            borrowed_writes,
         }
     };
     (@expand tests[$open:expr] $($case:ident,)*) => {
@@ -822,4 +823,91 @@ pub fn linked_puts_store_their_value(open: Open<'_>) {
     let engine = open(dir.path());
     want(engine.as_ref());
     assert_eq!(get(engine.as_ref(), "src", b"entry"), None);
+}
+
+/// `write_ops` writes borrowed operations as `write` writes a batch: in order, atomically
+/// across keyspaces, linked puts stored whole, an invalid keyspace refusing all of them, and
+/// `Deferred` ones kept across a reopen after a flush.
+pub fn borrowed_writes(open: Open<'_>) {
+    let dir = TempDir::new("borrowed");
+    let body = pattern(3, 5_000);
+    let source = [&b"0123"[..], &body].concat();
+    let value = [&b"H"[..], &body].concat();
+    let link = Link {
+        keyspace: "src",
+        key: b"entry".to_vec(),
+        offset: 4,
+        head: 1,
+    };
+    {
+        let engine = open(dir.path());
+        let e = engine.as_ref();
+        put(e, "a", b"existing", b"old");
+        put(e, "src", b"entry", &source);
+        let put_op = |keyspace, key, value| OpRef::Put {
+            keyspace,
+            key,
+            value,
+            link: None,
+        };
+        let refused = [
+            put_op("a", b"k", b"v"),
+            put_op("Not A Keyspace", b"k", b"v"),
+        ];
+        let err = e
+            .write_ops(&refused, Durability::Immediate)
+            .expect_err("an invalid keyspace refuses every operation");
+        assert!(matches!(err, StoreError::InvalidKeyspace(_)), "{err}");
+        assert_eq!(get(e, "a", b"k"), None, "nothing applied");
+        let ops = [
+            put_op("a", b"gone", b"x"),
+            OpRef::Delete {
+                keyspace: "a",
+                key: b"gone",
+            },
+            OpRef::Delete {
+                keyspace: "a",
+                key: b"existing",
+            },
+            put_op("a", b"twice", b"first"),
+            put_op("b", b"other", b"o"),
+            put_op("a", b"twice", b"second"),
+            OpRef::Put {
+                keyspace: "b",
+                key: b"linked",
+                value: &value,
+                link: Some(&link),
+            },
+        ];
+        e.write_ops(&ops, Durability::Deferred).expect("write_ops");
+        let want = |e: &dyn Engine| {
+            assert_eq!(get(e, "a", b"gone"), None);
+            assert_eq!(get(e, "a", b"existing"), None);
+            assert_eq!(get(e, "a", b"twice").as_deref(), Some(&b"second"[..]));
+            assert_eq!(get(e, "b", b"other").as_deref(), Some(&b"o"[..]));
+            assert_eq!(get(e, "b", b"linked").as_deref(), Some(&value[..]));
+        };
+        want(e);
+        e.flush().expect("flush");
+        // The linked value outlives its source.
+        e.write_ops(
+            &[OpRef::Delete {
+                keyspace: "src",
+                key: b"entry",
+            }],
+            Durability::Immediate,
+        )
+        .expect("delete the source");
+        want(e);
+    }
+    let engine = open(dir.path());
+    assert_eq!(get(engine.as_ref(), "src", b"entry"), None);
+    assert_eq!(
+        get(engine.as_ref(), "b", b"linked").as_deref(),
+        Some(&value[..])
+    );
+    assert_eq!(
+        get(engine.as_ref(), "a", b"twice").as_deref(),
+        Some(&b"second"[..])
+    );
 }

@@ -86,7 +86,7 @@ async fn leader(replicas: &[Replica], not: Option<NodeId>) -> NodeId {
 async fn propose(raft: &ShardRaft, command: &Command) -> (u64, Reply) {
     let written = raft
         .client_write(Request {
-            bytes: encode_group(&[command.encode()]),
+            bytes: encode_group(&[command.encode()]).into(),
         })
         .await
         .expect("committed");

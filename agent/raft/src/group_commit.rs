@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use openraft::storage::LogFlushed;
-use tern_store::{Batch, Durability, Engine, StoreError};
+use tern_store::{Batch, Durability, Engine, Op, OpRef, StoreError};
 
 use crate::error::encode;
 use crate::keys::{self, COMMITTED, RAFT_LOG, RAFT_META};
@@ -78,7 +78,8 @@ struct PendingEntry {
     /// Tells this entry from a later one at the same place.
     seq: u64,
     entry: Entry,
-    encoded: Vec<u8>,
+    /// Shared with the round that writes it, which borrows it outside the lock.
+    encoded: Arc<Vec<u8>>,
 }
 
 /// A written entry kept for readers.
@@ -211,7 +212,7 @@ impl GroupCommit {
                 PendingEntry {
                     seq,
                     entry,
-                    encoded,
+                    encoded: Arc::new(encoded),
                 },
             );
         }
@@ -429,18 +430,15 @@ impl Shared {
     fn round(&self) -> (Result<(), StoreError>, Vec<LogFlushed<TypeConfig>>) {
         let _io = self.io();
         let mut batch = Batch::new();
-        let (taken, callbacks) = {
+        let (taken, callbacks, entries) = {
             let mut pending = self.lock();
             let mut taken = Taken {
                 entries: Vec::with_capacity(pending.entries.len()),
                 committed: Vec::with_capacity(pending.committed.len()),
             };
+            let mut entries = Vec::with_capacity(pending.entries.len());
             for (&(shard, index), entry) in &pending.entries {
-                batch.put(
-                    RAFT_LOG,
-                    keys::log_key(shard, index).to_vec(),
-                    entry.encoded.clone(),
-                );
+                entries.push((keys::log_key(shard, index), entry.encoded.clone()));
                 taken.entries.push(((shard, index), entry.seq));
             }
             for (&shard, &(seq, committed)) in &pending.committed {
@@ -451,13 +449,25 @@ impl Shared {
                 };
                 taken.committed.push((shard, seq));
             }
-            (taken, mem::take(&mut pending.callbacks))
+            (taken, mem::take(&mut pending.callbacks), entries)
         };
-        if batch.is_empty() {
+        if entries.is_empty() && batch.is_empty() {
             // Every entry of these appends was truncated or purged meanwhile (durably).
             return (Ok(()), callbacks);
         }
-        let result = self.engine.write(batch, Durability::Immediate);
+        // The entries are written from their encoded bytes in memory, not copied into a batch.
+        let mut ops: Vec<OpRef<'_>> = entries
+            .iter()
+            .map(|(key, encoded)| OpRef::Put {
+                keyspace: RAFT_LOG,
+                key,
+                value: encoded,
+                link: None,
+            })
+            .collect();
+        ops.extend(batch.ops().iter().map(Op::as_ref));
+        let result = self.engine.write_ops(&ops, Durability::Immediate);
+        drop(ops);
         if result.is_ok() {
             let mut pending = self.lock();
             for (place, seq) in taken.entries {

@@ -103,10 +103,21 @@ impl fmt::Display for Node {
 }
 
 /// An application command, encoded by the application (the mail model); opaque to Raft.
+///
+/// Its bytes are shared: the entries in memory, replication to each follower and apply all
+/// refer to the same bytes, not copies of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     #[serde(with = "byte_string")]
-    pub bytes: Vec<u8>,
+    pub bytes: bytes::Bytes,
+}
+
+impl Request {
+    pub fn new(bytes: impl Into<bytes::Bytes>) -> Self {
+        Self {
+            bytes: bytes.into(),
+        }
+    }
 }
 
 /// What the application returned for a command, encoded by the application.
@@ -129,10 +140,10 @@ mod byte_string {
         serializer.serialize_bytes(bytes)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(
         deserializer: D,
-    ) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(Bytes)
+    ) -> Result<T, D::Error> {
+        deserializer.deserialize_byte_buf(Bytes).map(T::from)
     }
 
     struct Bytes;

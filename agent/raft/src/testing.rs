@@ -50,7 +50,7 @@ impl KvApp {
 
     pub fn request(command: &KvCommand) -> Request {
         Request {
-            bytes: encode(command),
+            bytes: encode(command).into(),
         }
     }
 

@@ -415,7 +415,7 @@ async fn log_entries_are_compact() {
     let body = vec![b'x'; 4096];
     let entry = Entry::<TypeConfig> {
         log_id: log_id(1, 1, 1),
-        payload: EntryPayload::Normal(tern_raft::Request { bytes: body }),
+        payload: EntryPayload::Normal(tern_raft::Request::new(body)),
     };
     log.blocking_append([entry.clone()]).await.unwrap();
     let stored = storage
@@ -445,7 +445,7 @@ async fn replication_reads_are_bounded() {
     let entry = |index: u64, size: usize| Entry::<TypeConfig> {
         log_id: log_id(1, 1, index),
         payload: EntryPayload::Normal(tern_raft::Request {
-            bytes: vec![b'm'; size],
+            bytes: vec![b'm'; size].into(),
         }),
     };
     log.blocking_append((1..=150).map(|i| entry(i, 10)))

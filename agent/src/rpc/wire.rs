@@ -1,6 +1,6 @@
 //! The frames and messages of agent-to-agent RPC.
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -139,10 +139,23 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -
                 format!("frame of {} bytes exceeds {MAX_FRAME}", body.len()),
             )
         })?;
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(body);
-    w.write_all(&frame).await?;
+    // Length and body in one vectored write, not copied into one buffer first: TLS puts
+    // both into the same records.
+    let header = len.to_be_bytes();
+    let mut written = 0;
+    while written < header.len() + body.len() {
+        let n = match written.checked_sub(header.len()) {
+            None => {
+                let parts = [IoSlice::new(&header[written..]), IoSlice::new(body)];
+                w.write_vectored(&parts).await?
+            }
+            Some(at) => w.write(&body[at..]).await?,
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
     w.flush().await
 }
 
@@ -161,4 +174,85 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Ve
     let mut body = vec![0; len as usize];
     r.read_exact(&mut body).await?;
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// Takes at most `step` bytes per write, across the slices of a vectored one, or (not
+    /// `vectored`) from its first non-empty slice only, as tokio's default does.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        vectored: bool,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            if !self.vectored {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                return self.poll_write(cx, first);
+            }
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.step - n);
+                self.out.extend_from_slice(&buf[..take]);
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_survive_partial_writes() {
+        let body: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        for vectored in [true, false] {
+            for step in [1, 3, 5, 4096] {
+                let mut w = Trickle {
+                    out: Vec::new(),
+                    step,
+                    vectored,
+                };
+                write_frame(&mut w, &body).await.unwrap();
+                write_frame(&mut w, b"").await.unwrap();
+                let mut r = &w.out[..];
+                assert_eq!(read_frame(&mut r).await.unwrap(), body, "step {step}");
+                assert_eq!(read_frame(&mut r).await.unwrap(), b"");
+                assert!(r.is_empty(), "nothing after the frames");
+            }
+        }
+    }
 }

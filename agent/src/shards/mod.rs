@@ -826,9 +826,7 @@ impl ShardHost {
         };
         let kind = match op {
             Op::Write(bytes) => RpcKind::Write(
-                Request {
-                    bytes: bytes.clone(),
-                },
+                Request::new(bytes.clone()),
                 unix_ms() + ttl.as_millis() as u64,
             ),
             Op::ReadIndex => RpcKind::ReadIndex,
@@ -1032,7 +1030,7 @@ async fn propose(
         tokio::spawn(async move {
             let (group, replies): (Vec<Vec<u8>>, Vec<Reply>) = group.into_iter().unzip();
             let entry = Request {
-                bytes: replica::encode_group(&group),
+                bytes: replica::encode_group(&group).into(),
             };
             drop(group);
             let result = tokio::time::timeout(timeout, raft.client_write(entry)).await;
@@ -1092,7 +1090,7 @@ impl ShardService for ShardHost {
                     self.on_leader(
                         shard,
                         &replica,
-                        Op::Write(request.bytes),
+                        Op::Write(request.bytes.into()),
                         Instant::now()
                             + Duration::from_millis(deadline_ms.saturating_sub(unix_ms())),
                     )

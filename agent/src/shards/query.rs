@@ -207,7 +207,7 @@ impl ShardHost {
                     id,
                     &Node { rpc_addr },
                     RpcKind::Query(Request {
-                        bytes: query.encode(),
+                        bytes: query.encode().into(),
                     }),
                     self.timeout + Duration::from_secs(1),
                 )

@@ -310,7 +310,7 @@ async fn send(
     cluster: &Cluster,
     shard: ShardId,
     leader: &mut NodeId,
-    command: &[u8],
+    command: &bytes::Bytes,
     deadline: Instant,
     skip: Option<NodeId>,
 ) -> Result<(), String> {
@@ -338,7 +338,7 @@ async fn send(
                 &node,
                 RpcKind::Write(
                     Request {
-                        bytes: command.to_vec(),
+                        bytes: command.clone(),
                     },
                     unix_ms() + remaining.as_millis() as u64,
                 ),
@@ -417,7 +417,7 @@ async fn deliveries(
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let key = format!("bench-{}-{client}-{n}", std::process::id()).into_bytes();
-                let command = deliver(&recipient, key, message(client, n));
+                let command = bytes::Bytes::from(deliver(&recipient, key, message(client, n)));
                 let began = Instant::now();
                 let sent = send(
                     &cluster,
@@ -477,7 +477,7 @@ async fn failover(cluster: &Arc<Cluster>, shard: ShardId) -> Result<Duration, St
         .keys()
         .find(|id| **id != old)
         .expect("three nodes");
-    let command = deliver(
+    let command = bytes::Bytes::from(deliver(
         &recipient,
         format!(
             "failover-{}-{}",
@@ -486,7 +486,7 @@ async fn failover(cluster: &Arc<Cluster>, shard: ShardId) -> Result<Duration, St
         )
         .into_bytes(),
         message(usize::MAX, 0),
-    );
+    ));
     send(
         cluster,
         shard,

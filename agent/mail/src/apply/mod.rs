@@ -13,7 +13,7 @@ use crate::command::{Command, Outcome, Reply, encode_outcome};
 use crate::error::MailError;
 use crate::keys::{self, KEYSPACES};
 use crate::records::IdemRecord;
-use crate::source::{Source, Txn, Writes};
+use crate::source::{self, Source, Txn, Writes};
 
 /// Expired idempotency records one command deletes at most: enough to keep up with the rate
 /// at which they are written (at most one per command), bounded so no entry does much work.
@@ -381,7 +381,8 @@ fn remember(txn: &mut Txn<'_>, key: &[u8], now: i64, response: &[u8]) {
 /// [`Group::prune_from`]); the scan starts there, which finds what a scan from the start of
 /// the index would: the command's own entry (`remember`) is at its clock, past the cutoff.
 /// Returns the new such key for the view after the deletions (the caller lowers it for the
-/// entries the command put).
+/// entries the command put): the first entry that is left, when the scan reached it, so the
+/// commands after this one need not scan while nothing has expired (their cutoff is below it).
 fn prune_idempotency(txn: &mut Txn<'_>, now: i64, from: &[u8]) -> Result<Vec<u8>, StoreError> {
     let cutoff = now.saturating_sub(crate::IDEMPOTENCY_TTL_MS);
     if cutoff <= 0 {
@@ -390,21 +391,35 @@ fn prune_idempotency(txn: &mut Txn<'_>, now: i64, from: &[u8]) -> Result<Vec<u8>
     let shard = txn.shard();
     let start = keys::idem_times(shard);
     let end = keys::idem_time(shard, clock(cutoff), &[]);
-    let expired = txn.scan(
+    if from >= end.as_slice() {
+        // Nothing lies below `from`, so nothing below the cutoff.
+        return Ok(from.to_vec());
+    }
+    // One entry more than is pruned: the first one left, if the scan gets that far.
+    let mut page = txn.scan(
         keys::IDEM,
         Bound::Included(from),
-        Bound::Excluded(&end),
-        IDEMPOTENCY_PRUNE_PER_COMMAND,
+        source::as_ref(&keys::prefix_upper(&start)),
+        IDEMPOTENCY_PRUNE_PER_COMMAND + 1,
     )?;
-    // A full page leaves the index empty up to its last entry (the smallest key after it is
-    // that key with a zero byte appended); a short one up to the cutoff.
-    let mut emptied_to = match expired.last() {
-        Some((last, _)) if expired.len() == IDEMPOTENCY_PRUNE_PER_COMMAND => {
+    let expired = page
+        .iter()
+        .take(IDEMPOTENCY_PRUNE_PER_COMMAND)
+        .take_while(|(key, _)| *key < end)
+        .count();
+    let left = page.get(expired).map(|(key, _)| key.clone());
+    page.truncate(expired);
+    // The index is empty up to the first entry left; after a full page of expired entries,
+    // up to the last of them (the smallest key after it is that key with a zero byte
+    // appended); when the scan found nothing more, up to the end of the index.
+    let mut emptied_to = match (left, page.last()) {
+        (Some(left), _) if *left >= *end => left,
+        (_, Some((last, _))) if expired == IDEMPOTENCY_PRUNE_PER_COMMAND => {
             [last.as_slice(), &[0]].concat()
         }
-        _ => end.max(from.to_vec()),
+        _ => keys::prefix_end(&start).unwrap_or(end),
     };
-    for (time_key, _) in expired {
+    for (time_key, _) in page {
         let entry = time_key
             .get(start.len()..)
             .filter(|rest| rest.len() >= 8)

@@ -10,6 +10,7 @@
 
 mod buffered;
 mod engine;
+mod filter;
 mod log_engine;
 mod redb_engine;
 mod sled_engine;

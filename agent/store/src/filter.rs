@@ -4,9 +4,12 @@
 //!
 //! A filter never says "absent" for a key that was inserted (no false negatives); it says
 //! "maybe" for about 1% of keys that were not. Deleted keys stay in it until it is rebuilt
-//! from the index, which happens when more keys were inserted than it was sized for.
+//! from the index, which happens when more keys were inserted than it was sized for
+//! ([`KeyFilters`]).
 
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hasher};
+use std::ops::Bound;
 
 /// Bits per key the filter is sized for: about 1% false positives.
 const BITS_PER_KEY: usize = 10;
@@ -14,6 +17,66 @@ const BITS_PER_KEY: usize = 10;
 const PROBES: u32 = 6;
 /// The fewest keys a filter is sized for.
 const MIN_CAPACITY: usize = 1024;
+/// Keys of the index copied into the filter being rebuilt per key inserted, so a rebuild
+/// never holds up a write for long, however large the index.
+const REBUILD_STEP: usize = 64;
+
+/// The filter of one keyspace's index, rebuilt a little at a time once it is full.
+pub(crate) struct KeyFilters {
+    current: KeyFilter,
+    /// While `current` is full: its successor, sized for the index, with every key the index
+    /// held up to the cursor (the last key copied) and every key inserted since it began.
+    next: Option<(KeyFilter, Option<Vec<u8>>)>,
+}
+
+impl KeyFilters {
+    pub(crate) fn new() -> Self {
+        KeyFilters {
+            current: KeyFilter::with_capacity(0),
+            next: None,
+        }
+    }
+
+    /// False only when `key` is not in the index.
+    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
+        self.current.may_contain(key)
+    }
+
+    /// Records that `key` was added to `index` (which holds it now).
+    pub(crate) fn inserted<V>(&mut self, key: &[u8], index: &BTreeMap<Vec<u8>, V>) {
+        self.current.insert(key);
+        if self.next.is_none() && self.current.is_full() {
+            self.next = Some((KeyFilter::with_capacity(2 * index.len()), None));
+        }
+        let Some((next, cursor)) = &mut self.next else {
+            return;
+        };
+        next.insert(key);
+        let from = match cursor {
+            Some(last) => Bound::Excluded(last.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let mut copied = 0;
+        let mut last = None;
+        for key in index
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .map(|(key, _)| key)
+            .take(REBUILD_STEP)
+        {
+            next.insert(key);
+            last = Some(key);
+            copied += 1;
+        }
+        match last {
+            Some(last) if copied == REBUILD_STEP => *cursor = Some(last.clone()),
+            // The whole index is in `next`.
+            _ => {
+                let (next, _) = self.next.take().expect("matched above");
+                self.current = next;
+            }
+        }
+    }
+}
 
 type Block = [u64; 8];
 
@@ -26,21 +89,17 @@ pub(crate) struct KeyFilter {
 }
 
 impl KeyFilter {
-    /// A filter of `keys`, sized for twice as many.
-    pub(crate) fn of<'a>(keys: impl ExactSizeIterator<Item = &'a [u8]>) -> Self {
-        let capacity = (2 * keys.len()).max(MIN_CAPACITY);
-        let mut filter = KeyFilter {
+    /// An empty filter sized for `keys` keys (at least [`MIN_CAPACITY`]).
+    fn with_capacity(keys: usize) -> Self {
+        let capacity = keys.max(MIN_CAPACITY);
+        KeyFilter {
             blocks: vec![[0; 8]; (capacity * BITS_PER_KEY).div_ceil(512)],
             added: 0,
             capacity,
-        };
-        for key in keys {
-            filter.insert(key);
         }
-        filter
     }
 
-    pub(crate) fn insert(&mut self, key: &[u8]) {
+    fn insert(&mut self, key: &[u8]) {
         let (block, mixed) = self.probe(key);
         let block = &mut self.blocks[block];
         for bit in bits(mixed) {
@@ -50,14 +109,14 @@ impl KeyFilter {
     }
 
     /// False only when `key` was never inserted.
-    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
+    fn may_contain(&self, key: &[u8]) -> bool {
         let (block, mixed) = self.probe(key);
         let block = &self.blocks[block];
         bits(mixed).all(|bit| block[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
     /// Whether more keys were inserted than it was sized for (it should be rebuilt).
-    pub(crate) fn is_full(&self) -> bool {
+    fn is_full(&self) -> bool {
         self.added > self.capacity
     }
 
@@ -90,9 +149,8 @@ mod tests {
     #[test]
     fn inserted_keys_are_always_found_and_most_others_are_not() {
         let keys: Vec<Vec<u8>> = (0..20_000).map(key).collect();
-        let mut filter = KeyFilter::of(keys[..5_000].iter().map(Vec::as_slice));
-        assert!(!filter.is_full());
-        for k in &keys[5_000..] {
+        let mut filter = KeyFilter::with_capacity(10_000);
+        for k in &keys {
             filter.insert(k);
         }
         assert!(filter.is_full(), "sized for 10,000, holds 20,000");
@@ -100,13 +158,52 @@ mod tests {
             keys.iter().all(|k| filter.may_contain(k)),
             "no false negative"
         );
-        // Sized for what it holds, the filter answers "maybe" for few absent keys.
-        let filter = KeyFilter::of(keys.iter().map(Vec::as_slice));
+        // Sized for twice what it holds, as a rebuilt filter is, it answers "maybe" for few
+        // absent keys.
+        let mut filter = KeyFilter::with_capacity(40_000);
+        for k in &keys {
+            filter.insert(k);
+        }
         let absent = (20_000..120_000)
             .filter(|&i| filter.may_contain(&key(i)))
             .count();
         assert!(absent < 2_000, "{absent} false positives in 100,000");
-        let empty = KeyFilter::of(std::iter::empty());
-        assert!(!empty.may_contain(b"anything"));
+        assert!(!KeyFilter::with_capacity(0).may_contain(b"anything"));
+    }
+
+    /// Keys come and go through several rebuilds, each spread over later inserts: at every
+    /// step every key of the index is found, and after the churn deleted keys have mostly
+    /// left the filter.
+    #[test]
+    fn rebuilds_keep_every_key_of_the_index_and_shed_deleted_ones() {
+        let mut index: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
+        let mut filters = KeyFilters::new();
+        let mut rebuilds = 0;
+        for i in 0..60_000u32 {
+            let k = key(i);
+            index.insert(k.clone(), ());
+            let rebuilding = filters.next.is_some();
+            filters.inserted(&k, &index);
+            if rebuilding && filters.next.is_none() {
+                rebuilds += 1;
+            }
+            // Most keys live briefly, one in ten stays.
+            if i >= 100 && (i - 100) % 10 != 0 {
+                index.remove(&key(i - 100));
+            }
+            if i % 997 == 0 {
+                assert!(index.keys().all(|k| filters.may_contain(k)), "after {i}");
+            }
+        }
+        assert!(index.keys().all(|k| filters.may_contain(k)));
+        assert!(rebuilds >= 3, "{rebuilds} rebuilds");
+        let deleted = (0..59_900u32)
+            .filter(|i| i % 10 != 0)
+            .filter(|&i| filters.may_contain(&key(i)))
+            .count();
+        assert!(
+            deleted < 54_000 / 2,
+            "{deleted} of 54,000 deleted keys still in"
+        );
     }
 }

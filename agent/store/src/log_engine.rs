@@ -74,7 +74,7 @@ use crate::engine::{
     Batch, Durability, Engine, KeyValue, Link, OpRef, Space, StoreError, disk_usage,
     range_is_empty, sync_dir, validate_keyspace, validate_ops,
 };
-use crate::filter::KeyFilter;
+use crate::filter::KeyFilters;
 
 /// A segment is sealed and a new one started once it holds this many bytes.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -109,7 +109,7 @@ struct State {
     keyspaces: HashMap<String, BTreeMap<Vec<u8>, Loc>>,
     /// Per keyspace, every key of its index (and some deleted ones): lookups of absent keys
     /// stop here.
-    filters: HashMap<String, KeyFilter>,
+    filters: HashMap<String, KeyFilters>,
     segments: BTreeMap<u64, Segment>,
     /// Key and value bytes of every live entry.
     live: u64,
@@ -310,18 +310,14 @@ impl State {
                     Some(slot) => Some(std::mem::replace(slot, loc)),
                     None => {
                         space.insert(key.to_vec(), loc);
-                        let filter = match self.filters.get_mut(keyspace) {
-                            Some(filter) => filter,
+                        let filters = match self.filters.get_mut(keyspace) {
+                            Some(filters) => filters,
                             None => self
                                 .filters
                                 .entry(keyspace.to_owned())
-                                .or_insert_with(|| KeyFilter::of(std::iter::empty())),
+                                .or_insert_with(KeyFilters::new),
                         };
-                        filter.insert(key);
-                        if filter.is_full() {
-                            // Rebuilt from the index: sized for it, without deleted keys.
-                            *filter = KeyFilter::of(space.keys().map(Vec::as_slice));
-                        }
+                        filters.inserted(key, space);
                         None
                     }
                 }

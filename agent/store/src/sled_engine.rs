@@ -18,6 +18,7 @@ use std::io;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
@@ -49,15 +50,31 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// How long `open` waits for the lock of a sled directory that was just closed.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 impl SledEngine {
     /// Opens or creates the sled directory at `path`; recovery replays sled's log here.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             // The default background flush every 500 ms is kept: it bounds what a crash loses
             // of `Deferred` writes, which `Immediate` writes and `flush` then make certain.
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+            .mode(sled::Mode::LowSpace);
+        // sled's file lock goes with its flusher thread, which outlives the last handle
+        // briefly: reopening in the same process right after a close can find it still held.
+        let waiting_since = Instant::now();
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && waiting_since.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         let log = File::open(path.join("db"))?;
         let engine = Self {
             db,
@@ -233,5 +250,34 @@ impl Engine for SledEngine {
         // sled 0.34 has no compaction call: its segment cleaner rewrites sparse segments in the
         // background as writes go on. Flushing lets it reuse segments freed so far.
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Batch, Durability, Engine};
+    use crate::suite::TempDir;
+
+    /// A close followed at once by an open, as the suite's reopen cases do: the open waits
+    /// for the lock that sled's flusher thread still holds.
+    #[test]
+    fn reopening_right_after_a_close_waits_for_the_lock() {
+        let dir = TempDir::new("sled-reopen");
+        for round in 0..100u32 {
+            let engine = SledEngine::open(dir.path()).expect("open");
+            let mut batch = Batch::new();
+            batch.put("k", round.to_be_bytes().to_vec(), b"v".to_vec());
+            engine.write(batch, Durability::Immediate).expect("write");
+            drop(engine);
+        }
+        let engine = SledEngine::open(dir.path()).expect("open");
+        assert_eq!(
+            engine
+                .scan("k", Bound::Unbounded, Bound::Unbounded, 100, false)
+                .unwrap()
+                .len(),
+            100
+        );
     }
 }

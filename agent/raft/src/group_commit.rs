@@ -5,9 +5,10 @@
 //! it never touches the engine, so it never waits for a disk. A thread takes everything
 //! pending, of every shard, writes it in one `Immediate` engine write (one fsync), then moves
 //! exactly those entries from the overlay to the *recent* set and completes the callbacks it
-//! took. Readers see engine ∪ recent ∪ overlay, the overlay winning. While one write runs, the next group gathers, so
-//! durable appends per second grow with concurrency instead of stopping at the disk's fsync
-//! rate, and nothing else waits for the log's fsync on the engine's write lock.
+//! took. Readers see engine ∪ recent ∪ overlay, the overlay winning. While one write runs,
+//! the next group gathers, so durable appends per second grow with concurrency instead of
+//! stopping at the disk's fsync rate, and nothing else waits for the log's fsync on the
+//! engine's write lock.
 //!
 //! # Ordering
 //!
@@ -467,7 +468,6 @@ impl Shared {
             .collect();
         ops.extend(batch.ops().iter().map(Op::as_ref));
         let result = self.engine.write_ops(&ops, Durability::Immediate);
-        drop(ops);
         if result.is_ok() {
             let mut pending = self.lock();
             for (place, seq) in taken.entries {

@@ -389,9 +389,6 @@ impl State {
         })
     }
 
-    /// Where a put's `link` lets it keep only the head of a value of `len` bytes: the bytes
-    /// the source holds there, and the file to check them in. `None` when the source is not
-    /// a plain value of this engine long enough to hold them.
     /// Where the value of `key` lies, if it is stored.
     fn loc(&self, keyspace: &str, key: &[u8]) -> Option<&Loc> {
         if self
@@ -404,6 +401,9 @@ impl State {
         self.keyspaces.get(keyspace)?.get(key)
     }
 
+    /// Where a put's `link` lets it keep only the head of a value of `len` bytes: the bytes
+    /// the source holds there, and the file to check them in. `None` when the source is not
+    /// a plain value of this engine long enough to hold them.
     fn link_target(&self, link: &Link, len: usize) -> Option<(Arc<File>, Part)> {
         let tail = len.checked_sub(link.head).filter(|&t| t > 0)?;
         let source = self.loc(link.keyspace, &link.key)?;
@@ -738,7 +738,7 @@ impl LogEngine {
         Ok(())
     }
 
-    /// For each op of `batch` (none when no put has a link), where the tail of its value lies
+    /// For each of `ops` (none when no put has a link), where the tail of its value lies
     /// already: its link's source holds exactly those bytes, read back to be sure.
     fn link_tails(&self, ops: &[OpRef<'_>]) -> Result<Vec<Option<Part>>, StoreError> {
         fn linked<'a>(op: &OpRef<'a>) -> Option<(&'a [u8], &'a Link)> {

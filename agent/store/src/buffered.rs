@@ -201,12 +201,15 @@ impl Buffered {
                 // the next flush tries again.
                 if let Some(frozen) = frozen {
                     let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
+                    // Readers look at the frozen level only while holding the active one, so
+                    // with that locked the frozen level can go first: the writes are then
+                    // moved back rather than copied.
+                    *self.frozen.write().unwrap_or_else(PoisonError::into_inner) = None;
                     let newer = std::mem::take(&mut *active);
                     let mut restored =
                         Arc::try_unwrap(frozen).unwrap_or_else(|shared| (*shared).clone());
                     restored.absorb(newer);
                     *active = restored;
-                    *self.frozen.write().unwrap_or_else(PoisonError::into_inner) = None;
                 }
                 Err(e)
             }
@@ -470,12 +473,102 @@ impl Drop for Buffered {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
     use crate::EngineKind;
     use crate::suite::TempDir;
 
     fn open_buffered(kind: EngineKind, dir: &std::path::Path) -> Arc<dyn Engine> {
         Arc::new(Buffered::new(crate::open(kind, dir).unwrap()))
+    }
+
+    /// An engine whose writes fail while `refuse` is set, after running `during` (once).
+    struct Flaky {
+        inner: Arc<dyn Engine>,
+        refuse: AtomicBool,
+        during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Engine for Flaky {
+        fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(keyspace, key)
+        }
+        fn scan(
+            &self,
+            keyspace: &'static str,
+            start: Bound<&[u8]>,
+            end: Bound<&[u8]>,
+            limit: usize,
+            reverse: bool,
+        ) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.scan(keyspace, start, end, limit, reverse)
+        }
+        fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
+            if let Some(during) = self.during.lock().unwrap().take() {
+                during();
+            }
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(StoreError::Engine("refused".into()));
+            }
+            self.inner.write(batch, durability)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn space(&self) -> Result<Space, StoreError> {
+            self.inner.space()
+        }
+        fn compact(&self) -> Result<(), StoreError> {
+            self.inner.compact()
+        }
+    }
+
+    /// A flush the inner engine refuses loses nothing: its writes stay readable under the
+    /// ones made while it ran, and the next flush writes both, the newer winning.
+    #[test]
+    fn a_failed_flush_keeps_its_writes_under_newer_ones() {
+        let dir = TempDir::new("buffered-failed-flush");
+        let inner = Arc::new(Flaky {
+            inner: crate::open(EngineKind::Redb, dir.path()).unwrap(),
+            refuse: AtomicBool::new(true),
+            during: Mutex::new(None),
+        });
+        let engine = Arc::new(Buffered::new(inner.clone()));
+        let mut first = Batch::new();
+        first
+            .put("a", b"kept".to_vec(), b"1".to_vec())
+            .put("a", b"replaced".to_vec(), b"old".to_vec())
+            .put("a", b"deleted".to_vec(), b"x".to_vec());
+        engine.write(first, Durability::Deferred).unwrap();
+        // Written while the flush is at the inner engine.
+        let writer = engine.clone();
+        *inner.during.lock().unwrap() = Some(Box::new(move || {
+            let mut newer = Batch::new();
+            newer
+                .put("a", b"replaced".to_vec(), b"new".to_vec())
+                .delete("a", b"deleted".to_vec());
+            writer.write(newer, Durability::Deferred).unwrap();
+        }));
+        assert!(engine.flush().is_err(), "the inner engine refuses");
+        let want = |e: &dyn Engine| {
+            assert_eq!(e.get("a", b"kept").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(
+                e.get("a", b"replaced").unwrap().as_deref(),
+                Some(&b"new"[..])
+            );
+            assert_eq!(e.get("a", b"deleted").unwrap(), None);
+        };
+        want(engine.as_ref());
+        assert_eq!(
+            inner.get("a", b"kept").unwrap(),
+            None,
+            "nothing written yet"
+        );
+        inner.refuse.store(false, Ordering::SeqCst);
+        engine.flush().unwrap();
+        want(inner.as_ref());
+        want(engine.as_ref());
     }
 
     fn links_of(overlay: &Overlay) -> Vec<(Vec<u8>, bool)> {

@@ -12,7 +12,8 @@ use openraft::{Entry, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuild
 use tern_raft::testing::{KvApp, TempDir};
 use tern_raft::typ::{LogId, StoredMembership};
 use tern_raft::{Node, Storage, TypeConfig, keys};
-use tern_store::{Batch, Durability, Engine, EngineKind, KeyValue, Space, StoreError};
+use tern_store::suite::Hooked;
+use tern_store::{Engine, EngineKind, StoreError};
 
 fn put(index: u64, key: &str, value: &[u8]) -> Entry<TypeConfig> {
     Entry {
@@ -66,51 +67,6 @@ fn open(kind: EngineKind, dir: &TempDir) -> Arc<dyn Engine> {
     tern_store::open(kind, dir.path()).expect("open the engine")
 }
 
-/// Forwards to an engine, but fails every write after the first `allowed` ones: a crash at
-/// that write, as far as the caller can tell.
-struct FailingEngine {
-    inner: Arc<dyn Engine>,
-    allowed: AtomicUsize,
-}
-
-impl Engine for FailingEngine {
-    fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(keyspace, key)
-    }
-
-    fn scan(
-        &self,
-        keyspace: &'static str,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-        reverse: bool,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan(keyspace, start, end, limit, reverse)
-    }
-
-    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-        let left = self.allowed.load(Ordering::SeqCst);
-        if left == 0 {
-            return Err(StoreError::Engine("injected crash".into()));
-        }
-        self.allowed.store(left - 1, Ordering::SeqCst);
-        self.inner.write(batch, durability)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-
-    fn space(&self) -> Result<Space, StoreError> {
-        self.inner.space()
-    }
-
-    fn compact(&self) -> Result<(), StoreError> {
-        self.inner.compact()
-    }
-}
-
 /// Applied marker and application data agree after the engine is closed and reopened, whether
 /// or not the last apply got to write.
 #[tokio::test]
@@ -120,10 +76,17 @@ async fn apply_is_atomic_across_a_crash() {
         let (member, stored_member) = membership(1);
         {
             let engine = open(kind, &dir);
-            let failing: Arc<dyn Engine> = Arc::new(FailingEngine {
-                inner: engine,
-                allowed: AtomicUsize::new(3),
-            });
+            // Every write after the first three fails: a crash at that write, as far as the
+            // state machine can tell.
+            let allowed = AtomicUsize::new(3);
+            let failing: Arc<dyn Engine> = Arc::new(Hooked::new(engine, move |_, _| {
+                allowed
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        left.checked_sub(1)
+                    })
+                    .map(drop)
+                    .map_err(|_| StoreError::Engine("injected crash".into()))
+            }));
             let mut sm = Storage::new(failing)
                 .state_machine(1, Arc::new(KvApp))
                 .unwrap();

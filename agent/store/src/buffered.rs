@@ -477,51 +477,10 @@ mod tests {
 
     use super::*;
     use crate::EngineKind;
-    use crate::suite::TempDir;
+    use crate::suite::{Hooked, TempDir};
 
     fn open_buffered(kind: EngineKind, dir: &std::path::Path) -> Arc<dyn Engine> {
         Arc::new(Buffered::new(crate::open(kind, dir).unwrap()))
-    }
-
-    /// An engine whose writes fail while `refuse` is set, after running `during` (once).
-    struct Flaky {
-        inner: Arc<dyn Engine>,
-        refuse: AtomicBool,
-        during: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-
-    impl Engine for Flaky {
-        fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(keyspace, key)
-        }
-        fn scan(
-            &self,
-            keyspace: &'static str,
-            start: Bound<&[u8]>,
-            end: Bound<&[u8]>,
-            limit: usize,
-            reverse: bool,
-        ) -> Result<Vec<KeyValue>, StoreError> {
-            self.inner.scan(keyspace, start, end, limit, reverse)
-        }
-        fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
-            if let Some(during) = self.during.lock().unwrap().take() {
-                during();
-            }
-            if self.refuse.load(Ordering::SeqCst) {
-                return Err(StoreError::Engine("refused".into()));
-            }
-            self.inner.write(batch, durability)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-        fn space(&self) -> Result<Space, StoreError> {
-            self.inner.space()
-        }
-        fn compact(&self) -> Result<(), StoreError> {
-            self.inner.compact()
-        }
     }
 
     /// A flush the inner engine refuses loses nothing: its writes stay readable under the
@@ -529,11 +488,22 @@ mod tests {
     #[test]
     fn a_failed_flush_keeps_its_writes_under_newer_ones() {
         let dir = TempDir::new("buffered-failed-flush");
-        let inner = Arc::new(Flaky {
-            inner: crate::open(EngineKind::Redb, dir.path()).unwrap(),
-            refuse: AtomicBool::new(true),
-            during: Mutex::new(None),
-        });
+        let store = crate::open(EngineKind::Redb, dir.path()).unwrap();
+        let refuse = Arc::new(AtomicBool::new(true));
+        type During = Option<Box<dyn FnOnce() + Send>>;
+        let during: Arc<Mutex<During>> = Arc::new(Mutex::new(None));
+        let inner = Arc::new(Hooked::new(store.clone(), {
+            let (refuse, during) = (refuse.clone(), during.clone());
+            move |_, _| {
+                if let Some(during) = during.lock().unwrap().take() {
+                    during();
+                }
+                match refuse.load(Ordering::SeqCst) {
+                    true => Err(StoreError::Engine("refused".into())),
+                    false => Ok(()),
+                }
+            }
+        }));
         let engine = Arc::new(Buffered::new(inner.clone()));
         let mut first = Batch::new();
         first
@@ -543,7 +513,7 @@ mod tests {
         engine.write(first, Durability::Deferred).unwrap();
         // Written while the flush is at the inner engine.
         let writer = engine.clone();
-        *inner.during.lock().unwrap() = Some(Box::new(move || {
+        *during.lock().unwrap() = Some(Box::new(move || {
             let mut newer = Batch::new();
             newer
                 .put("a", b"replaced".to_vec(), b"new".to_vec())
@@ -561,13 +531,13 @@ mod tests {
         };
         want(engine.as_ref());
         assert_eq!(
-            inner.get("a", b"kept").unwrap(),
+            store.get("a", b"kept").unwrap(),
             None,
             "nothing written yet"
         );
-        inner.refuse.store(false, Ordering::SeqCst);
+        refuse.store(false, Ordering::SeqCst);
         engine.flush().unwrap();
-        want(inner.as_ref());
+        want(store.as_ref());
         want(engine.as_ref());
     }
 

@@ -155,7 +155,7 @@ impl Engine for Split {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suite::TempDir;
+    use crate::suite::{Hooked, TempDir};
     use crate::{EngineKind, open};
 
     fn split(dir: &std::path::Path) -> (Arc<dyn Engine>, Arc<dyn Engine>, Split) {
@@ -202,42 +202,14 @@ mod tests {
         assert_eq!(split.get("blob", b"c").unwrap(), None);
     }
 
-    /// An engine whose writes fail, to see what a failed main write leaves behind.
-    struct Failing;
-
-    impl Engine for Failing {
-        fn get(&self, _: &'static str, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(None)
-        }
-        fn scan(
-            &self,
-            _: &'static str,
-            _: Bound<&[u8]>,
-            _: Bound<&[u8]>,
-            _: usize,
-            _: bool,
-        ) -> Result<Vec<KeyValue>, StoreError> {
-            Ok(Vec::new())
-        }
-        fn write(&self, _: Batch, _: Durability) -> Result<(), StoreError> {
-            Err(StoreError::Engine("refused".into()))
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn space(&self) -> Result<Space, StoreError> {
-            Ok(Space::default())
-        }
-        fn compact(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn side_values_are_stored_before_and_deleted_after_the_main_write() {
         let dir = TempDir::new("split-failing");
         let side = open(EngineKind::Log, dir.path()).unwrap();
-        let split = Split::new(Arc::new(Failing), side.clone(), &["blob"]);
+        // A main engine whose writes fail, to see what a failed main write leaves behind.
+        let main = open(EngineKind::Redb, &dir.path().join("main")).unwrap();
+        let failing = Hooked::new(main, |_, _| Err(StoreError::Engine("refused".into())));
+        let split = Split::new(Arc::new(failing), side.clone(), &["blob"]);
         let mut seed = Batch::new();
         seed.put("blob", b"old".to_vec(), b"1".to_vec());
         side.write(seed, Durability::Immediate).unwrap();

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::{Batch, Durability, Engine, Link, OpRef, StoreError};
+use crate::{Batch, Durability, Engine, KeyValue, Link, OpRef, Space, StoreError};
 
 /// How a case opens the engine under test in a directory (called again to reopen).
 pub type Open<'a> = &'a dyn Fn(&Path) -> Arc<dyn Engine>;
@@ -85,6 +85,61 @@ pub fn run_all(open: impl Fn(&Path) -> Arc<dyn Engine>) {
     for (name, case) in CASES {
         eprintln!("engine suite: {name}");
         case(&open);
+    }
+}
+
+/// An engine that forwards to `inner` but runs a hook before each write, which refuses the
+/// write by returning an error: how tests make an engine fail at a chosen write.
+pub struct Hooked {
+    inner: Arc<dyn Engine>,
+    hook: Box<WriteHook>,
+}
+
+type WriteHook = dyn Fn(&Batch, Durability) -> Result<(), StoreError> + Send + Sync;
+
+impl Hooked {
+    pub fn new(
+        inner: Arc<dyn Engine>,
+        hook: impl Fn(&Batch, Durability) -> Result<(), StoreError> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner,
+            hook: Box::new(hook),
+        }
+    }
+}
+
+impl Engine for Hooked {
+    fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(keyspace, key)
+    }
+
+    fn scan(
+        &self,
+        keyspace: &'static str,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.scan(keyspace, start, end, limit, reverse)
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StoreError> {
+        (self.hook)(&batch, durability)?;
+        self.inner.write(batch, durability)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    fn space(&self) -> Result<Space, StoreError> {
+        self.inner.space()
+    }
+
+    fn compact(&self) -> Result<(), StoreError> {
+        self.inner.compact()
     }
 }
 

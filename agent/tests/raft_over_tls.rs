@@ -14,7 +14,9 @@ use openraft::raft::VoteRequest;
 use openraft::{Config, RaftNetwork, RaftNetworkFactory, Vote};
 use rustls::pki_types::ServerName;
 use tern_agent::pki::LocalPki;
-use tern_agent::rpc::{self, Network, RpcStats, Shards, TlsConfig};
+use tern_agent::rpc::{
+    self, CallError, Network, RpcKind, RpcResponse, RpcStats, Shards, TlsConfig,
+};
 use tern_raft::testing::{KvApp, TempDir};
 use tern_raft::{Node, NodeId, ShardId, ShardRaft, Storage, new_raft};
 use tern_store::EngineKind;
@@ -40,6 +42,17 @@ fn pki(name: &str) -> Pki {
         cert_pem,
         key_pem,
     }
+}
+
+/// The TLS configurations of an agent that trusts `ca`'s CA and presents `holder`'s
+/// certificate.
+fn tls_of(ca: &Pki, holder: &Pki) -> TlsConfig {
+    TlsConfig::from_pem(
+        ca.ca_pem.as_bytes(),
+        holder.cert_pem.as_bytes(),
+        holder.key_pem.as_bytes(),
+    )
+    .unwrap()
 }
 
 struct Agent {
@@ -114,12 +127,7 @@ async fn start(tls: &TlsConfig) -> Vec<Agent> {
 async fn two_shards_replicate_over_mutual_tls() {
     let started = Instant::now();
     let cluster = pki("cluster");
-    let tls = TlsConfig::from_pem(
-        cluster.ca_pem.as_bytes(),
-        cluster.cert_pem.as_bytes(),
-        cluster.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let tls = tls_of(&cluster, &cluster);
     let agents = start(&tls).await;
     let members: BTreeMap<NodeId, Node> = agents
         .iter()
@@ -200,13 +208,7 @@ async fn two_shards_replicate_over_mutual_tls() {
 
     // A client whose certificate comes from another CA (though it trusts the cluster's CA, so
     // only the server can refuse it) is Unreachable, and the server counts a failed handshake.
-    let other = pki("other");
-    let stranger = TlsConfig::from_pem(
-        cluster.ca_pem.as_bytes(),
-        other.cert_pem.as_bytes(),
-        other.key_pem.as_bytes(),
-    )
-    .unwrap();
+    let stranger = tls_of(&cluster, &pki("other"));
     let target = &agents[0];
     let mut network = Network::new(stranger.client.clone(), SHARDS[0]);
     let mut client = network
@@ -318,4 +320,84 @@ async fn two_shards_replicate_over_mutual_tls() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Requests other than Raft's own (here: status) from one node to a peer share one
+/// multiplexed connection; a peer that offers only one request per connection (an older
+/// agent) is still answered, and a stranger's certificate is refused as on any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_requests_share_one_connection_per_peer_and_older_peers_still_answer() {
+    let cluster = pki("cluster");
+    let tls = tls_of(&cluster, &cluster);
+    let agents = start(&tls).await;
+    let target = &agents[0];
+    let node = Node {
+        rpc_addr: target.addr.clone(),
+    };
+
+    /// `n` status requests at once to `node`, each answered with a status.
+    async fn statuses(network: &Network, id: NodeId, node: &Node, n: usize) {
+        let asked: Vec<_> = (0..n)
+            .map(|_| {
+                let (network, node) = (network.clone(), node.clone());
+                tokio::spawn(async move {
+                    network
+                        .request(id, &node, RpcKind::Status, Duration::from_secs(5))
+                        .await
+                })
+            })
+            .collect();
+        for answer in asked {
+            let answer = answer.await.unwrap();
+            assert!(matches!(answer, Ok(RpcResponse::Status(_))), "{answer:?}");
+        }
+    }
+
+    let network = Network::new(tls.client.clone(), SHARDS[0]);
+    let before = target.stats.connections.load(Ordering::Relaxed);
+    statuses(&network, target.id, &node, 64).await;
+    statuses(&network, target.id, &node, 64).await;
+    assert_eq!(
+        target.stats.connections.load(Ordering::Relaxed) - before,
+        1,
+        "128 requests, one connection"
+    );
+    assert_eq!(target.stats.requests.load(Ordering::Relaxed), 128);
+
+    // A server that knows only `tern-rpc/1`: one request per connection, kept for the next.
+    let mut older = (*tls.server).clone();
+    older.alpn_protocols = vec![b"tern-rpc/1".to_vec()];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let older_node = Node {
+        rpc_addr: listener.local_addr().unwrap().to_string(),
+    };
+    let older_stats = Arc::new(RpcStats::default());
+    let older_server = tokio::spawn(rpc::serve_with_stats(
+        listener,
+        Arc::new(older),
+        target.shards.clone(),
+        older_stats.clone(),
+    ));
+    statuses(&network, target.id, &older_node, 16).await;
+    assert_eq!(older_stats.requests.load(Ordering::Relaxed), 16);
+    let connections = older_stats.connections.load(Ordering::Relaxed);
+    assert!((1..=17).contains(&connections), "{connections}");
+    older_server.abort();
+
+    // A client whose certificate comes from another CA is refused: Unreachable.
+    let stranger = tls_of(&cluster, &pki("other"));
+    let refused = Network::new(stranger.client.clone(), SHARDS[0])
+        .request(target.id, &node, RpcKind::Status, Duration::from_secs(2))
+        .await;
+    assert!(
+        matches!(refused, Err(CallError::Unreachable(_))),
+        "{refused:?}"
+    );
+
+    for agent in agents {
+        for shard in SHARDS {
+            agent.raft(shard).shutdown().await.unwrap();
+        }
+        agent.server.abort();
+    }
 }

@@ -24,6 +24,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::mux::{self, ALPN_MUX, Mux, MuxError};
+use super::tls::ALPN;
 use super::wire::{
     MAX_FRAME, RpcKind, RpcRequest, RpcResponse, decode, encode, read_frame, write_frame,
 };
@@ -45,20 +47,29 @@ const IDLE_REUSE: Duration = Duration::from_secs(60);
 /// openraft's network for one shard of this node.
 ///
 /// Clones, and the networks of other shards made with [`for_shard`](Self::for_shard), share
-/// one pool of idle connections per peer.
+/// one pool of idle connections per peer for Raft's RPCs, and one multiplexed connection per
+/// peer for every other request ([`request`](Self::request)).
 #[derive(Clone)]
 pub struct Network {
     pub tls: Arc<ClientConfig>,
     pub shard: ShardId,
     idle: Pool,
+    peers: Arc<Peers>,
 }
 
 impl Network {
     pub fn new(tls: Arc<ClientConfig>, shard: ShardId) -> Self {
+        let mut multiplexed = (*tls).clone();
+        // A peer that does not know `tern-rpc/2` (an older agent) picks `tern-rpc/1`.
+        multiplexed.alpn_protocols = vec![ALPN_MUX.to_vec(), ALPN.to_vec()];
         Self {
             tls,
             shard,
             idle: Pool::default(),
+            peers: Arc::new(Peers {
+                tls: Arc::new(multiplexed),
+                slots: Mutex::default(),
+            }),
         }
     }
 
@@ -68,7 +79,51 @@ impl Network {
             tls: self.tls.clone(),
             shard,
             idle: self.idle.clone(),
+            peers: self.peers.clone(),
         }
+    }
+}
+
+/// The multiplexed connections of a [`Network`], one per peer address.
+struct Peers {
+    /// Offering `tern-rpc/2`, then `tern-rpc/1`.
+    tls: Arc<ClientConfig>,
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+}
+
+/// The multiplexed connection to one peer.
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Mux>>>,
+    /// Until when the peer is taken to know only `tern-rpc/1` (an older agent): requests
+    /// go out one per connection. Asked again after [`IDLE_REUSE`], as it may be upgraded.
+    single_until: Mutex<Option<Instant>>,
+    /// Held while connecting, so that callers arriving meanwhile wait for that connection
+    /// instead of opening their own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    /// The open connection, if there is one that was used recently (the peer closes idle
+    /// ones; a request must not go out on one it is closing).
+    fn open(&self) -> Option<Arc<Mux>> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*current {
+            Some(mux) if mux.is_open() && mux.unused_for() < IDLE_REUSE => Some(mux.clone()),
+            Some(_) => {
+                *current = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn single(&self) -> bool {
+        let single = self
+            .single_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        single.is_some_and(|until| Instant::now() < until)
     }
 }
 
@@ -143,21 +198,186 @@ impl Network {
             node: node.clone(),
             stream: None,
         };
-        connection.call(kind, &RPCOption::new(ttl)).await
+        let option = RPCOption::new(ttl);
+        let raft = matches!(
+            kind,
+            RpcKind::AppendEntries(_) | RpcKind::Vote(_) | RpcKind::InstallSnapshot(_)
+        );
+        // Raft's RPCs keep connections of their own (see `mux`); so do IMAP sessions, which
+        // take a connection over ([`open_imap_session`]).
+        if raft || matches!(kind, RpcKind::ImapSession(_)) {
+            return connection.call(kind, &option).await;
+        }
+        let deadline = Instant::now() + ttl;
+        let repeatable = connection.repeatable(&kind);
+        let frame = mux::frame(
+            0,
+            &RpcRequest {
+                shard: self.shard,
+                kind,
+            },
+        )
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidInput => CallError::TooLarge,
+            _ => CallError::Network(e),
+        })?;
+        let frame = Arc::new(frame);
+        match self
+            .multiplexed(&node.rpc_addr, &frame, repeatable, deadline)
+            .await
+        {
+            Some(answer) => answer.map_err(|e| match e {
+                CallError::Timeout(_) => CallError::Timeout(ttl),
+                e => e,
+            }),
+            // The peer takes one request per connection.
+            None => {
+                connection
+                    .exchange(mux::message(&frame), repeatable, &option)
+                    .await
+            }
+        }
+    }
+
+    /// Sends `frame` on the multiplexed connection to `rpc_addr` (opened if needed) and
+    /// waits for its answer until `deadline`; `None` if the peer takes one request per
+    /// connection.
+    async fn multiplexed(
+        &self,
+        rpc_addr: &str,
+        frame: &Arc<Vec<u8>>,
+        repeatable: bool,
+        deadline: Instant,
+    ) -> Option<Result<RpcResponse, CallError>> {
+        let slot = self
+            .peers
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(rpc_addr.to_owned())
+            .or_default()
+            .clone();
+        for attempt in 0..2 {
+            let mux = match slot.open() {
+                Some(mux) => mux,
+                None => match self.connect_multiplexed(&slot, rpc_addr, deadline).await {
+                    Ok(Some(mux)) => mux,
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e)),
+                },
+            };
+            let error = match mux.call(frame, deadline).await {
+                Ok(answer) => return Some(decode(answer.message()).map_err(CallError::Network)),
+                // Closed before it went out: it may go out on a new connection.
+                Err(MuxError::NotSent) => {
+                    io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed")
+                }
+                Err(MuxError::Lost(ended)) if ended.refused => {
+                    return Some(Err(CallError::Unreachable(io::Error::other(ended.why))));
+                }
+                Err(MuxError::Lost(ended)) if repeatable && attempt == 0 => {
+                    io::Error::new(io::ErrorKind::ConnectionAborted, ended.why)
+                }
+                Err(MuxError::Lost(ended)) => {
+                    return Some(Err(CallError::Network(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        ended.why,
+                    ))));
+                }
+                Err(MuxError::TimedOut) => {
+                    return Some(Err(CallError::Timeout(Duration::ZERO)));
+                }
+            };
+            if attempt == 1 {
+                return Some(Err(CallError::Network(error)));
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Opens the multiplexed connection of `slot` unless another caller did meanwhile;
+    /// `None` if the peer takes one request per connection (then the connection opened goes
+    /// to the pool of those).
+    async fn connect_multiplexed(
+        &self,
+        slot: &Slot,
+        rpc_addr: &str,
+        deadline: Instant,
+    ) -> Result<Option<Arc<Mux>>, CallError> {
+        if slot.single() {
+            return Ok(None);
+        }
+        let timed_out = || {
+            CallError::Unreachable(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {rpc_addr} timed out"),
+            ))
+        };
+        let _connecting = tokio::time::timeout_at(deadline, slot.connecting.lock())
+            .await
+            .map_err(|_| timed_out())?;
+        if let Some(mux) = slot.open() {
+            return Ok(Some(mux));
+        }
+        if slot.single() {
+            return Ok(None);
+        }
+        let stream = tokio::time::timeout_at(deadline, connect(&self.peers.tls, rpc_addr))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(CallError::Unreachable)?;
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_MUX) {
+            *slot
+                .single_until
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + IDLE_REUSE);
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(rpc_addr.to_owned())
+                .or_default()
+                .push((stream, Instant::now()));
+            return Ok(None);
+        }
+        // Closed abortively, whenever it is closed: see `Mux::kill`.
+        stream
+            .get_ref()
+            .0
+            .set_zero_linger()
+            .map_err(CallError::Unreachable)?;
+        let mux = Arc::new(Mux::start(stream));
+        *slot.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(mux.clone());
+        Ok(Some(mux))
     }
 }
 
 impl Connection {
+    /// Whether `kind` may be carried out twice: Raft's RPCs, status and read indexes; a
+    /// forwarded write or a query may not.
+    fn repeatable(&self, kind: &RpcKind) -> bool {
+        !matches!(kind, RpcKind::Write(..) | RpcKind::Query(_))
+    }
+
     /// Sends `kind` and waits for the answer, within `option.hard_ttl()`.
     async fn call(&mut self, kind: RpcKind, option: &RPCOption) -> Result<RpcResponse, CallError> {
-        let ttl = option.hard_ttl();
-        let deadline = Instant::now() + ttl;
-        let repeatable = !matches!(kind, RpcKind::Write(..) | RpcKind::Query(_));
+        let repeatable = self.repeatable(&kind);
         let body = encode(&RpcRequest {
             shard: self.network.shard,
             kind,
         })
         .map_err(CallError::Network)?;
+        self.exchange(&body, repeatable, option).await
+    }
+
+    /// Sends the encoded request `body` and waits for the answer, within `option.hard_ttl()`.
+    async fn exchange(
+        &mut self,
+        body: &[u8],
+        repeatable: bool,
+        option: &RPCOption,
+    ) -> Result<RpcResponse, CallError> {
+        let ttl = option.hard_ttl();
+        let deadline = Instant::now() + ttl;
         if body.len() > MAX_FRAME as usize {
             return Err(CallError::TooLarge);
         }
@@ -185,7 +405,7 @@ impl Connection {
             // this future mid-exchange (openraft's own timeout, a client gone), it is closed
             // with it, never reused out of step (the next request would read this answer).
             let exchange = async {
-                write_frame(&mut stream, &body).await?;
+                write_frame(&mut stream, body).await?;
                 read_frame(&mut stream).await
             };
             match tokio::time::timeout_at(deadline, exchange).await {
@@ -234,16 +454,8 @@ impl Connection {
         None
     }
 
-    /// TCP connect and TLS handshake; the server's certificate must name the host of
-    /// `rpc_addr` (an IP address SAN for an address).
     async fn connect(&self) -> io::Result<Stream> {
-        let addr = &self.node.rpc_addr;
-        let name = server_name(addr)?;
-        let tcp = TcpStream::connect(addr.as_str()).await?;
-        tcp.set_nodelay(true)?;
-        TlsConnector::from(self.network.tls.clone())
-            .connect(name, tcp)
-            .await
+        connect(&self.network.tls, &self.node.rpc_addr).await
     }
 
     fn error<E: std::error::Error>(
@@ -324,13 +536,7 @@ pub async fn open_imap_session(
     })
     .map_err(CallError::Network)?;
     let deadline = Instant::now() + timeout;
-    let connect = async {
-        let name = server_name(rpc_addr)?;
-        let tcp = TcpStream::connect(rpc_addr).await?;
-        tcp.set_nodelay(true)?;
-        TlsConnector::from(tls.clone()).connect(name, tcp).await
-    };
-    let mut stream = tokio::time::timeout_at(deadline, connect)
+    let mut stream = tokio::time::timeout_at(deadline, connect(tls, rpc_addr))
         .await
         .map_err(|_| {
             CallError::Unreachable(io::Error::new(
@@ -360,9 +566,18 @@ pub async fn open_imap_session(
     }
 }
 
+/// TCP connect and TLS handshake; the server's certificate must name the host of `rpc_addr`
+/// (an IP address SAN for an address).
+async fn connect(tls: &Arc<ClientConfig>, rpc_addr: &str) -> io::Result<Stream> {
+    let name = server_name(rpc_addr)?;
+    let tcp = TcpStream::connect(rpc_addr).await?;
+    tcp.set_nodelay(true)?;
+    TlsConnector::from(tls.clone()).connect(name, tcp).await
+}
+
 /// Whether `error` is TLS refusing the session (an alert, a certificate not accepted) rather
 /// than the connection breaking.
-fn is_tls_refusal(error: &io::Error) -> bool {
+pub(super) fn is_tls_refusal(error: &io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())

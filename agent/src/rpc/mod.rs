@@ -4,9 +4,12 @@
 //! presenting a certificate of the cluster CA ([`TlsConfig`]). On the connection travel
 //! length-prefixed frames (a `u32` big-endian length, at most [`MAX_FRAME`] bytes, then the
 //! postcard-encoded message): one [`RpcRequest`], naming its shard, then its [`RpcResponse`],
-//! and so on, one request at a time. Connections are kept and reused between requests for
-//! every shard to the same peer; a connection that failed is dropped and the next request
-//! opens a new one.
+//! and so on, one request at a time (ALPN `tern-rpc/1`). Raft's RPCs travel so; connections
+//! are kept and reused between requests for every shard to the same peer, and a connection
+//! that failed is dropped and the next request opens a new one. Every other request (writes
+//! forwarded to a leader, read indexes, queries, status) shares one multiplexed connection
+//! per peer (ALPN `tern-rpc/2`, see `mux`), where each frame carries its request's id and
+//! answers come in any order.
 //!
 //! [`Network`] is openraft's `RaftNetworkFactory` over this transport. As openraft expects, a
 //! peer that cannot be connected to (refused, no route, connect or handshake timeout, or not
@@ -21,6 +24,7 @@
 //! only cluster members can open one.
 
 mod client;
+mod mux;
 mod server;
 mod tls;
 mod wire;

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::mux::{self, ALPN_MUX, Handler};
 use super::wire::{
     ImapHello, Refused, RpcKind, RpcRequest, RpcResponse, ShardStatus, decode, encode, read_frame,
     write_frame,
@@ -227,6 +228,7 @@ pub async fn serve_with_handover(
         let acceptor = acceptor.clone();
         let shards = shards.clone();
         let stats = stats.clone();
+        let stats_for_mux = stats.clone();
         let handover = handover.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -242,6 +244,14 @@ pub async fn serve_with_handover(
                     return;
                 }
             };
+            if stream.get_ref().1.alpn_protocol() == Some(ALPN_MUX) {
+                let handler: Handler = Arc::new(move |request| {
+                    let (shards, stats) = (shards.clone(), stats.clone());
+                    Box::pin(async move { answer_multiplexed(&shards, &stats, request).await })
+                });
+                mux::serve(stream, peer, handler, stats_for_mux, IDLE_TIMEOUT).await;
+                return;
+            }
             let ends = Ends {
                 shards: &shards,
                 handover: &handover,
@@ -338,6 +348,21 @@ async fn answer<S: AsyncWrite + Unpin>(
         tracing::debug!(%peer, %error, "rpc: cannot answer, closing the connection");
     }
     sent.is_ok()
+}
+
+/// Answers a request of a multiplexed connection, which carries no IMAP sessions: those take
+/// a connection of their own over.
+async fn answer_multiplexed(
+    shards: &Arc<dyn ShardService>,
+    stats: &RpcStats,
+    request: RpcRequest,
+) -> RpcResponse {
+    match request.kind {
+        RpcKind::ImapSession(_) => RpcResponse::ImapSession(Err(Refused::Unavailable(
+            "an IMAP session needs a connection of its own".into(),
+        ))),
+        _ => dispatch(shards, stats, request).await,
+    }
 }
 
 async fn dispatch(

@@ -10,8 +10,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-/// The ALPN protocol of agent-to-agent RPC; both sides insist on it, so a TLS client of
-/// another kind (or another version of this protocol) fails the handshake.
+/// The ALPN protocol of agent-to-agent RPC, one request at a time per connection; both sides
+/// insist on it or on [`ALPN_MUX`](super::mux::ALPN_MUX), so a TLS client of another kind (or
+/// of another version of this protocol) fails the handshake.
 pub(crate) const ALPN: &[u8] = b"tern-rpc/1";
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,8 @@ impl TlsConfig {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
-        server.alpn_protocols = vec![ALPN.to_vec()];
+        // The server's order decides: multiplexed when the client offers it.
+        server.alpn_protocols = vec![super::mux::ALPN_MUX.to_vec(), ALPN.to_vec()];
 
         let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()

@@ -277,11 +277,14 @@ async fn start_store(
     // append-only segments whatever TERN_STORE_ENGINE says: a log entry is written once, read
     // back by replication while recent, and deleted in bulk after a snapshot, which a B-tree
     // does at several times the cost.
+    // Every delivery looks its idempotency key up, and new deliveries miss: a key filter
+    // answers those without reading the state's tree.
     let open = |sub: &'static str, kind: EngineKind| {
         let path = dir.join(sub);
         async move {
             let shown = path.display().to_string();
-            tokio::task::spawn_blocking(move || tern_store::open(kind, &path))
+            let filtered = &[tern_mail::keys::IDEM];
+            tokio::task::spawn_blocking(move || tern_store::open_filtered(kind, &path, filtered))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("opening the store in {shown}: {e}"))

@@ -31,7 +31,9 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("creating the bench directory");
     let log = tern_store::open(EngineKind::Log, &dir.join("log")).expect("opening log/");
     let state = Arc::new(Split::new(
-        tern_store::open(EngineKind::Redb, &dir.join("state")).expect("opening state/"),
+        // The agent's state: a key filter on the idempotency keys (see `tern_agent::serve`).
+        tern_store::open_filtered(EngineKind::Redb, &dir.join("state"), &[keys::IDEM])
+            .expect("opening state/"),
         log.clone(),
         &[keys::BLOB],
     ));

@@ -90,7 +90,7 @@ pub(crate) struct KeyFilter {
 
 impl KeyFilter {
     /// An empty filter sized for `keys` keys (at least [`MIN_CAPACITY`]).
-    fn with_capacity(keys: usize) -> Self {
+    pub(crate) fn with_capacity(keys: usize) -> Self {
         let capacity = keys.max(MIN_CAPACITY);
         KeyFilter {
             blocks: vec![[0; 8]; (capacity * BITS_PER_KEY).div_ceil(512)],
@@ -99,7 +99,7 @@ impl KeyFilter {
         }
     }
 
-    fn insert(&mut self, key: &[u8]) {
+    pub(crate) fn insert(&mut self, key: &[u8]) {
         let (block, mixed) = self.probe(key);
         let block = &mut self.blocks[block];
         for bit in bits(mixed) {
@@ -109,14 +109,14 @@ impl KeyFilter {
     }
 
     /// False only when `key` was never inserted.
-    fn may_contain(&self, key: &[u8]) -> bool {
+    pub(crate) fn may_contain(&self, key: &[u8]) -> bool {
         let (block, mixed) = self.probe(key);
         let block = &self.blocks[block];
         bits(mixed).all(|bit| block[bit / 64] & (1 << (bit % 64)) != 0)
     }
 
     /// Whether more keys were inserted than it was sized for (it should be rebuilt).
-    fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.added > self.capacity
     }
 

@@ -268,12 +268,12 @@ impl Network {
             };
             let error = match mux.call(frame, deadline).await {
                 Ok(answer) => return Some(decode(answer.message()).map_err(CallError::Network)),
-                // Closed before it went out: it may go out on a new connection.
-                Err(MuxError::NotSent) => {
-                    io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed")
-                }
-                Err(MuxError::Lost(ended)) if ended.refused => {
+                Err(MuxError::NotSent(ended) | MuxError::Lost(ended)) if ended.refused => {
                     return Some(Err(CallError::Unreachable(io::Error::other(ended.why))));
+                }
+                // Closed before it went out: it may go out on a new connection.
+                Err(MuxError::NotSent(ended)) => {
+                    io::Error::new(io::ErrorKind::ConnectionAborted, ended.why)
                 }
                 Err(MuxError::Lost(ended)) if repeatable && attempt == 0 => {
                     io::Error::new(io::ErrorKind::ConnectionAborted, ended.why)

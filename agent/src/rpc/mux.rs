@@ -133,8 +133,8 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 #[derive(Debug)]
 pub(crate) enum MuxError {
     /// The connection was closed before the request was handed to it: it was not sent, and
-    /// may be sent on another connection, whatever it is.
-    NotSent,
+    /// may be sent on another connection, whatever it is. How the connection ended.
+    NotSent(Ended),
     /// The connection was lost after the request was handed to it: the peer may have carried
     /// it out.
     Lost(Ended),
@@ -179,14 +179,16 @@ impl Shared {
         self.opened.elapsed().as_millis() as u64
     }
 
-    /// Fails every waiting caller (their answers will not come) and refuses new ones; `why`
-    /// is the first reason given.
+    /// Fails every waiting caller (their answers will not come) and refuses new ones. `why`
+    /// is the first reason given, unless a later one is a TLS refusal: the writer may see
+    /// the connection reset before the reader reads the alert that tells why.
     fn close(&self, why: Ended) {
         self.closed.store(true, Ordering::Release);
-        self.ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(why);
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        if ended.is_none() || why.refused {
+            *ended = Some(why);
+        }
+        drop(ended);
         // Dropping the senders wakes the callers.
         drop(
             self.waiting
@@ -351,7 +353,7 @@ impl Mux {
             .as_mut()
         {
             Some(waiting) => waiting.insert(id, tx),
-            None => return Err(MuxError::NotSent),
+            None => return Err(MuxError::NotSent(self.shared.ended())),
         };
         let _waiting = Waiting {
             shared: &self.shared,
@@ -364,7 +366,7 @@ impl Mux {
             frame: frame.clone(),
         };
         if self.frames.send(outgoing).is_err() {
-            return Err(MuxError::NotSent);
+            return Err(MuxError::NotSent(self.shared.ended()));
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(body)) => Ok(Answer(body)),
@@ -631,7 +633,7 @@ mod tests {
         }
         assert!(!mux.is_open());
         let refused = mux.call(&query(vec![0]), soon()).await;
-        assert!(matches!(refused, Err(MuxError::NotSent)), "{refused:?}");
+        assert!(matches!(refused, Err(MuxError::NotSent(_))), "{refused:?}");
     }
 
     #[tokio::test]

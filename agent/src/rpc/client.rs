@@ -208,8 +208,7 @@ impl Network {
         if raft || matches!(kind, RpcKind::ImapSession(_)) {
             return connection.call(kind, &option).await;
         }
-        let deadline = Instant::now() + ttl;
-        let repeatable = connection.repeatable(&kind);
+        let repeatable = repeatable(&kind);
         let frame = mux::frame(
             0,
             &RpcRequest {
@@ -223,13 +222,10 @@ impl Network {
         })?;
         let frame = Arc::new(frame);
         match self
-            .multiplexed(&node.rpc_addr, &frame, repeatable, deadline)
+            .multiplexed(&node.rpc_addr, &frame, repeatable, ttl)
             .await
         {
-            Some(answer) => answer.map_err(|e| match e {
-                CallError::Timeout(_) => CallError::Timeout(ttl),
-                e => e,
-            }),
+            Some(answer) => answer,
             // The peer takes one request per connection.
             None => {
                 connection
@@ -240,15 +236,16 @@ impl Network {
     }
 
     /// Sends `frame` on the multiplexed connection to `rpc_addr` (opened if needed) and
-    /// waits for its answer until `deadline`; `None` if the peer takes one request per
+    /// waits at most `ttl` for its answer; `None` if the peer takes one request per
     /// connection.
     async fn multiplexed(
         &self,
         rpc_addr: &str,
         frame: &Arc<Vec<u8>>,
         repeatable: bool,
-        deadline: Instant,
+        ttl: Duration,
     ) -> Option<Result<RpcResponse, CallError>> {
+        let deadline = Instant::now() + ttl;
         let slot = self
             .peers
             .slots
@@ -284,9 +281,7 @@ impl Network {
                         ended.why,
                     ))));
                 }
-                Err(MuxError::TimedOut) => {
-                    return Some(Err(CallError::Timeout(Duration::ZERO)));
-                }
+                Err(MuxError::TimedOut) => return Some(Err(CallError::Timeout(ttl))),
             };
             if attempt == 1 {
                 return Some(Err(CallError::Network(error)));
@@ -352,15 +347,9 @@ impl Network {
 }
 
 impl Connection {
-    /// Whether `kind` may be carried out twice: Raft's RPCs, status and read indexes; a
-    /// forwarded write or a query may not.
-    fn repeatable(&self, kind: &RpcKind) -> bool {
-        !matches!(kind, RpcKind::Write(..) | RpcKind::Query(_))
-    }
-
     /// Sends `kind` and waits for the answer, within `option.hard_ttl()`.
     async fn call(&mut self, kind: RpcKind, option: &RPCOption) -> Result<RpcResponse, CallError> {
-        let repeatable = self.repeatable(&kind);
+        let repeatable = repeatable(&kind);
         let body = encode(&RpcRequest {
             shard: self.network.shard,
             kind,
@@ -564,6 +553,12 @@ pub async fn open_imap_session(
             format!("unexpected answer from {rpc_addr}: {other:?}"),
         ))),
     }
+}
+
+/// Whether `kind` may be carried out twice: Raft's RPCs, status and read indexes; a forwarded
+/// write or a query may not.
+fn repeatable(kind: &RpcKind) -> bool {
+    !matches!(kind, RpcKind::Write(..) | RpcKind::Query(_))
 }
 
 /// TCP connect and TLS handshake; the server's certificate must name the host of `rpc_addr`

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::server::RpcStats;
-use super::wire::{MAX_FRAME, RpcRequest, RpcResponse, decode, read_frame};
+use super::wire::{MAX_FRAME, RpcRequest, RpcResponse, decode, frame_len, read_frame};
 
 /// The ALPN protocol of multiplexed connections.
 pub(crate) const ALPN_MUX: &[u8] = b"tern-rpc/2";
@@ -56,15 +56,7 @@ pub(crate) fn frame<T: Serialize>(id: u64, message: &T) -> io::Result<Vec<u8>> {
     head.extend_from_slice(&id.to_be_bytes());
     let mut frame = postcard::to_extend(message, head)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let len = u32::try_from(frame.len() - 4)
-        .ok()
-        .filter(|len| *len <= MAX_FRAME)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("frame of {} bytes exceeds {MAX_FRAME}", frame.len() - 4),
-            )
-        })?;
+    let len = frame_len(frame.len() - 4)?;
     frame[..4].copy_from_slice(&len.to_be_bytes());
     Ok(frame)
 }
@@ -171,7 +163,6 @@ struct Shared {
     /// Milliseconds after `opened` of the last request sent.
     used: AtomicU64,
     ended: Mutex<Option<Ended>>,
-    closed: AtomicBool,
 }
 
 impl Shared {
@@ -183,7 +174,6 @@ impl Shared {
     /// is the first reason given, unless a later one is a TLS refusal: the writer may see
     /// the connection reset before the reader reads the alert that tells why.
     fn close(&self, why: Ended) {
-        self.closed.store(true, Ordering::Release);
         let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
         if ended.is_none() || why.refused {
             *ended = Some(why);
@@ -262,7 +252,6 @@ impl Mux {
             answers: AtomicU64::new(0),
             used: AtomicU64::new(0),
             ended: Mutex::new(None),
-            closed: AtomicBool::new(false),
         });
         let writer = {
             let shared = shared.clone();
@@ -310,7 +299,11 @@ impl Mux {
 
     /// Whether requests may still be sent on it.
     pub(crate) fn is_open(&self) -> bool {
-        !self.shared.closed.load(Ordering::Acquire)
+        self.shared
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// How long since a request was last sent on it.

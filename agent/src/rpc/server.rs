@@ -228,7 +228,6 @@ pub async fn serve_with_handover(
         let acceptor = acceptor.clone();
         let shards = shards.clone();
         let stats = stats.clone();
-        let stats_for_mux = stats.clone();
         let handover = handover.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -245,11 +244,14 @@ pub async fn serve_with_handover(
                 }
             };
             if stream.get_ref().1.alpn_protocol() == Some(ALPN_MUX) {
-                let handler: Handler = Arc::new(move |request| {
-                    let (shards, stats) = (shards.clone(), stats.clone());
-                    Box::pin(async move { answer_multiplexed(&shards, &stats, request).await })
-                });
-                mux::serve(stream, peer, handler, stats_for_mux, IDLE_TIMEOUT).await;
+                let handler: Handler = {
+                    let stats = stats.clone();
+                    Arc::new(move |request| {
+                        let (shards, stats) = (shards.clone(), stats.clone());
+                        Box::pin(async move { answer_multiplexed(&shards, &stats, request).await })
+                    })
+                };
+                mux::serve(stream, peer, handler, stats, IDLE_TIMEOUT).await;
                 return;
             }
             let ends = Ends {

@@ -128,17 +128,22 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> io::Result<T
     postcard::from_bytes(frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Writes one frame and flushes it (TLS buffers until flushed).
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(body.len())
+/// The length prefix of a frame body of `len` bytes; `InvalidInput` above [`MAX_FRAME`].
+pub(crate) fn frame_len(len: usize) -> io::Result<u32> {
+    u32::try_from(len)
         .ok()
         .filter(|len| *len <= MAX_FRAME)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("frame of {} bytes exceeds {MAX_FRAME}", body.len()),
+                format!("frame of {len} bytes exceeds {MAX_FRAME}"),
             )
-        })?;
+        })
+}
+
+/// Writes one frame and flushes it (TLS buffers until flushed).
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> io::Result<()> {
+    let len = frame_len(body.len())?;
     // Length and body in one vectored write, not copied into one buffer first: TLS puts
     // both into the same records.
     let header = len.to_be_bytes();

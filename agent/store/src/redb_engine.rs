@@ -12,7 +12,7 @@ use redb::{
 
 use crate::engine::{
     Batch, Durability, Engine, KeyValue, OpRef, Space, StoreError, disk_usage, range_is_empty,
-    validate_keyspace, validate_ops,
+    sync_dir, validate_keyspace, validate_ops,
 };
 use crate::filter::KeyFilter;
 
@@ -128,6 +128,87 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
     e.into().into()
 }
 
+/// Bytes at the start of a redb file that its creation writes (the header, in the first
+/// page); everything after them is written only by commits.
+const CREATION_WRITES: u64 = 4096;
+
+/// Opens the database at `path`, creating it when there is none, so that a crash never leaves
+/// a file that cannot be opened.
+///
+/// redb initialises a new file in steps: it sizes the file, writes and syncs the header, and
+/// only then writes the magic number that marks the file as a database. It refuses for good a
+/// file that has a size but no magic number, which is what a crash between those steps
+/// leaves: the store would never open again. So a new database is initialised under a
+/// temporary name and renamed into place: `path` holds an initialised database or nothing.
+///
+/// A file that an earlier build left half-initialised at `path` (it does not open, and it
+/// holds nothing past the header page: no commit ever wrote to it) is created again the same
+/// way. Any other file that does not open is an error, never replaced.
+fn open_or_create(path: &Path) -> Result<Database, StoreError> {
+    // An empty file is a creation cut off before redb sized it: redb would initialise it in
+    // place, in the same steps.
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return create_in_place_of(path),
+        Err(e) => return Err(e.into()),
+        Ok(meta) if meta.len() == 0 => return create_in_place_of(path),
+        Ok(_) => {}
+    }
+    match Database::create(path) {
+        Ok(db) => Ok(db),
+        Err(e) if never_committed(path)? => {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "the store file's creation was cut off before it held anything; creating it again"
+            );
+            create_in_place_of(path)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Initialises a database under a temporary name beside `path`, then renames it to `path`.
+fn create_in_place_of(path: &Path) -> Result<Database, StoreError> {
+    let mut creating = path.as_os_str().to_owned();
+    creating.push(".creating");
+    let creating = PathBuf::from(creating);
+    // Left by a creation that a crash cut off: never a store.
+    match std::fs::remove_file(&creating) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    // redb syncs the file before `create` returns.
+    drop(Database::create(&creating).map_err(err)?);
+    std::fs::rename(&creating, path)?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(dir)?;
+    }
+    Database::create(path).map_err(err)
+}
+
+/// Whether the file at `path` holds no byte past the header page: a creation cut off before
+/// redb marked it as a database. A database that was ever committed to has pages past it.
+fn never_committed(path: &Path) -> Result<bool, StoreError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len <= CREATION_WRITES {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::Start(CREATION_WRITES))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
 impl RedbEngine {
     /// Opens or creates the database file at `path`. After a crash redb repairs the file here
     /// (it falls back to the last commit whose checksums verify).
@@ -143,7 +224,7 @@ impl RedbEngine {
         for keyspace in filtered {
             validate_keyspace(keyspace)?;
         }
-        let db = Database::create(path).map_err(err)?;
+        let db = open_or_create(path)?;
         Ok(Self {
             db: RwLock::new(db),
             path: path.to_owned(),
@@ -377,6 +458,63 @@ impl Engine for RedbEngine {
 mod tests {
     use super::*;
     use crate::suite::TempDir;
+
+    fn put_and_read_back(path: &Path) {
+        let engine = RedbEngine::open(path).unwrap();
+        let mut batch = Batch::new();
+        batch.put("ks", b"k".to_vec(), b"v".to_vec());
+        engine.write(batch, Durability::Immediate).unwrap();
+        drop(engine);
+        let engine = RedbEngine::open(path).unwrap();
+        assert_eq!(engine.get("ks", b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    /// What a crash during a creation leaves: a temporary file beside a store that is not
+    /// there yet (this build), or, from earlier builds, a store file that is empty, zero-filled
+    /// (sized but not yet written), or holds a header without anything past it. Each opens as
+    /// a new store, and the temporary file goes.
+    #[test]
+    fn a_creation_cut_off_by_a_crash_is_created_again() {
+        let dir = TempDir::new("redb-create");
+        let path = dir.path().join("db.redb");
+        let creating = dir.path().join("db.redb.creating");
+        std::fs::write(&creating, vec![0u8; 1 << 20]).unwrap();
+        put_and_read_back(&path);
+        assert!(!creating.exists(), "the cut-off creation's file is removed");
+
+        let mut header_only = vec![0u8; 1 << 20];
+        header_only[..CREATION_WRITES as usize].fill(0x5a);
+        for (what, bytes) in [
+            ("empty", Vec::new()),
+            ("zero-filled", vec![0u8; 1 << 20]),
+            ("a header and nothing more", header_only),
+        ] {
+            let path = dir.path().join(format!("{}.redb", what.replace(' ', "-")));
+            std::fs::write(&path, bytes).unwrap();
+            let opened = RedbEngine::open(&path);
+            assert!(opened.is_ok(), "{what}: {:?}", opened.err());
+            drop(opened);
+            put_and_read_back(&path);
+        }
+    }
+
+    /// A store that held data but no longer opens (its header destroyed) is refused, and its
+    /// file is left as it was for whoever repairs it.
+    #[test]
+    fn a_damaged_store_is_refused_not_replaced() {
+        let dir = TempDir::new("redb-damaged");
+        let path = dir.path().join("db.redb");
+        put_and_read_back(&path);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..CREATION_WRITES as usize].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(RedbEngine::open(&path).is_err());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the file is untouched"
+        );
+    }
 
     /// Keys written before the store had a filter, keys put and deleted while it is built
     /// and rebuilt, and a reopen (the filter starts over): every lookup agrees with the

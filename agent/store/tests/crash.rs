@@ -1,6 +1,7 @@
 //! SIGKILL a writer mid-stream, again and again on the same directory, and check after each
 //! kill that the store opens, that every acknowledged write is there and intact, and that no
-//! batch landed in part.
+//! batch landed in part. And kill writers while they create their store, on empty directories,
+//! and check that the store opens afterwards.
 //!
 //! `TERN_CRASH_ITERATIONS` sets the kills per engine (default 100 for redb, 30 for sled); `TERN_CRASH_SEED` replays
 //! the kill timings of an earlier run (each run prints its seed).
@@ -9,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::ops::Bound;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +29,20 @@ static OPEN_OR_SPAWN: Mutex<()> = Mutex::new(());
 
 fn open_or_spawn() -> MutexGuard<'static, ()> {
     OPEN_OR_SPAWN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a crash writer on the store in `dir`, its stdout and stderr piped.
+fn spawn_writer(kind: EngineKind, dir: &Path, seed: u64) -> Child {
+    let _spawning = open_or_spawn();
+    Command::new(WRITER)
+        .arg(kind.as_str())
+        .arg(dir)
+        .arg(seed.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the crash writer")
 }
 
 /// xorshift64: enough randomness for kill timings, and a seed replays them.
@@ -96,17 +111,7 @@ fn crash_loop(kind: EngineKind) {
             "{kind} iteration {iteration} (TERN_CRASH_SEED={seed}, delay {delay:?}, from spawn: {from_spawn})"
         );
 
-        let spawning = open_or_spawn();
-        let mut child = Command::new(WRITER)
-            .arg(kind.as_str())
-            .arg(dir.path())
-            .arg(writer_seed.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the crash writer");
-        drop(spawning);
+        let mut child = spawn_writer(kind, dir.path(), writer_seed);
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
         let (lines_tx, lines) = mpsc::channel::<String>();
@@ -294,4 +299,58 @@ fn sled_keeps_every_acknowledged_write_across_sigkill() {
 #[test]
 fn log_keeps_every_acknowledged_write_across_sigkill() {
     crash_loop(EngineKind::Log);
+}
+
+/// Kills writers while they create their store, at delays spread over the time a creation
+/// takes, each on an empty directory: the store must open afterwards. redb initialises a new
+/// file in steps, and a file cut off between them (sized, but not yet marked as a database)
+/// used to be refused for good.
+fn creation_cut_off(kind: EngineKind) {
+    let dir = TempDir::new(&format!("create-{kind}"));
+    // How long a writer takes from its spawn to an open store, measured here.
+    let ready = {
+        let path = dir.path().join("measure");
+        let started = Instant::now();
+        let mut child = spawn_writer(kind, &path, 1);
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the ready line");
+        let ready = started.elapsed();
+        child.kill().expect("SIGKILL the writer");
+        child.wait().expect("wait for the writer");
+        assert!(line.starts_with("ready "), "{kind}: first line {line:?}");
+        ready
+    };
+    let kills: u32 = 60;
+    for i in 0..kills {
+        // From a little before the store is opened to a little after it is ready.
+        let delay = ready.mul_f64(0.2 + f64::from(i) / f64::from(kills));
+        let path = dir.path().join(format!("store-{i}"));
+        let mut child = spawn_writer(kind, &path, 1);
+        thread::sleep(delay);
+        child.kill().expect("SIGKILL the writer");
+        child.wait().expect("wait for the writer");
+        let _open = open_or_spawn();
+        if let Err(e) = tern_store::open(kind, &path) {
+            panic!(
+                "{kind}: the store does not open after a SIGKILL {delay:?} after its writer \
+                 started (ready after {ready:?}): {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn redb_opens_after_sigkill_while_creating_its_store() {
+    creation_cut_off(EngineKind::Redb);
+}
+
+#[test]
+fn log_opens_after_sigkill_while_creating_its_store() {
+    creation_cut_off(EngineKind::Log);
+}
+
+#[test]
+fn sled_opens_after_sigkill_while_creating_its_store() {
+    creation_cut_off(EngineKind::Sled);
 }

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::server::RpcStats;
-use super::wire::{MAX_FRAME, RpcRequest, RpcResponse, decode, frame_len, read_frame};
+use super::wire::{MAX_FRAME, Refused, RpcRequest, RpcResponse, decode, frame_len, read_frame};
 
 /// The ALPN protocol of multiplexed connections.
 pub(crate) const ALPN_MUX: &[u8] = b"tern-rpc/2";
@@ -459,10 +459,12 @@ pub(crate) async fn serve<S>(
             let response = handler(request).await;
             stats.requests.fetch_add(1, Ordering::Relaxed);
             let answer = frame(id, &response).unwrap_or_else(|error| {
-                // The answer does not fit in a frame: an empty message, which the caller
-                // cannot decode, fails this request alone.
                 tracing::warn!(%peer, %error, "rpc: cannot encode an answer");
-                frame(id, &()).expect("an empty message fits")
+                unsendable(&response, &error)
+                    .and_then(|refusal| frame(id, &refusal).ok())
+                    // Else an empty message, which the caller cannot decode: it fails this
+                    // request alone.
+                    .unwrap_or_else(|| frame(id, &()).expect("an empty message fits"))
             });
             let _ = answers.send(Outgoing {
                 id,
@@ -474,6 +476,21 @@ pub(crate) async fn serve<S>(
     drop(answers);
     // Requests in flight still answer; the writer ends with the last of them.
     let _ = writer.await;
+}
+
+/// What to answer instead of `response` when it cannot be sent (`error`: it does not fit in a
+/// frame), for the answers that can say so: a refusal that names the reason.
+fn unsendable(response: &RpcResponse, error: &io::Error) -> Option<RpcResponse> {
+    let why = format!("the answer cannot be sent: {error}");
+    match response {
+        RpcResponse::Query(_) => Some(RpcResponse::Query(Err(Refused::Failed(why)))),
+        RpcResponse::ReadIndex(_) => Some(RpcResponse::ReadIndex(Err(Refused::Failed(why)))),
+        // Carried out: a retry with the same idempotency key is answered from the record.
+        RpcResponse::Write(Ok(_)) => Some(RpcResponse::Write(Err(Refused::Failed(format!(
+            "{why}; the command was carried out"
+        ))))),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -526,7 +543,8 @@ mod tests {
     use tern_raft::{Request, Response};
 
     /// Answers a query with its own bytes after as many milliseconds as its first byte says;
-    /// a query starting with 255 is never answered.
+    /// a query starting with 255 is never answered, one starting with 254 is answered with
+    /// more than a frame holds.
     fn echo() -> Handler {
         Arc::new(|request: RpcRequest| {
             Box::pin(async move {
@@ -535,6 +553,11 @@ mod tests {
                 };
                 match query.bytes[0] {
                     255 => std::future::pending().await,
+                    254 => {
+                        return RpcResponse::Query(Ok(Response {
+                            bytes: vec![0; MAX_FRAME as usize],
+                        }));
+                    }
                     ms => tokio::time::sleep(Duration::from_millis(ms.into())).await,
                 }
                 RpcResponse::Query(Ok(Response {
@@ -731,5 +754,20 @@ mod tests {
         );
         assert_eq!(answered(second).len(), (MAX_FRAME / 2) as usize + 1);
         assert!(first.await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_for_a_frame_is_a_refusal_that_says_so() {
+        let (mux, _served, stats) = pair(Duration::from_secs(10));
+        let answer = mux.call(&query(vec![254]), soon()).await.unwrap();
+        match decode(answer.message()).unwrap() {
+            RpcResponse::Query(Err(Refused::Failed(why))) => {
+                assert!(why.contains("cannot be sent"), "{why}");
+            }
+            other => panic!("not a refusal: {other:?}"),
+        }
+        // The connection carries on.
+        assert_eq!(answered(mux.call(&query(vec![0, 1]), soon()).await), [0, 1]);
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 2);
     }
 }

@@ -539,6 +539,29 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    /// A peer that reads nothing stalls the writer, which gives up after `stall` (both ends
+    /// write their frames this way: the client with its write limit, the server with its
+    /// idle timeout).
+    #[tokio::test]
+    async fn a_writer_that_the_peer_does_not_read_gives_up() {
+        let (writer, _unread) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(Outgoing {
+            id: 1,
+            frame: Arc::new(frame(0, &vec![7u8; 64 << 10]).unwrap()),
+        })
+        .unwrap();
+        let began = Instant::now();
+        let writing = write_frames(writer, rx, Duration::from_millis(100));
+        let error = tokio::time::timeout(Duration::from_secs(10), writing)
+            .await
+            .expect("the writer gives up on its own")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(began.elapsed() >= Duration::from_millis(100));
+        drop(tx);
+    }
+
     use crate::rpc::wire::RpcKind;
     use tern_raft::{Request, Response};
 

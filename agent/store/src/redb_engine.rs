@@ -141,9 +141,10 @@ const CREATION_WRITES: u64 = 4096;
 /// leaves: the store would never open again. So a new database is initialised under a
 /// temporary name and renamed into place: `path` holds an initialised database or nothing.
 ///
-/// A file that an earlier build left half-initialised at `path` (it does not open, and it
-/// holds nothing past the header page: no commit ever wrote to it) is created again the same
-/// way. Any other file that does not open is an error, never replaced.
+/// A file that an earlier build left half-initialised at `path` (redb does not recognise it,
+/// and it holds nothing past the header page: no commit ever wrote to it) is created again the
+/// same way. Any other file that does not open (one that another process has open, say) is an
+/// error, never replaced.
 fn open_or_create(path: &Path) -> Result<Database, StoreError> {
     // An empty file is a creation cut off before redb sized it: redb would initialise it in
     // place, in the same steps.
@@ -155,7 +156,10 @@ fn open_or_create(path: &Path) -> Result<Database, StoreError> {
     }
     match Database::create(path) {
         Ok(db) => Ok(db),
-        Err(e) if never_committed(path)? => {
+        // Only a file redb does not recognise (not, say, one another process has open).
+        Err(ref e @ redb::DatabaseError::Storage(redb::StorageError::Io(ref io)))
+            if io.kind() == std::io::ErrorKind::InvalidData && never_committed(path)? =>
+        {
             tracing::warn!(
                 path = %path.display(),
                 error = %e,
@@ -496,6 +500,24 @@ mod tests {
             drop(opened);
             put_and_read_back(&path);
         }
+    }
+
+    /// A store that is open already, even a new one with nothing written to it, is refused to
+    /// a second opener and left as it is: the first opener's writes land in it.
+    #[test]
+    fn a_store_open_elsewhere_is_refused_and_left_alone() {
+        let dir = TempDir::new("redb-open-twice");
+        let path = dir.path().join("db.redb");
+        let first = RedbEngine::open(&path).unwrap();
+        assert!(RedbEngine::open(&path).is_err());
+        let mut batch = Batch::new();
+        batch.put("ks", b"k".to_vec(), b"v".to_vec());
+        first.write(batch, Durability::Immediate).unwrap();
+        drop(first);
+        assert_eq!(
+            RedbEngine::open(&path).unwrap().get("ks", b"k").unwrap(),
+            Some(b"v".to_vec())
+        );
     }
 
     /// A store that held data but no longer opens (its header destroyed) is refused, and its

@@ -128,8 +128,9 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
     e.into().into()
 }
 
-/// Bytes at the start of a redb file that its creation writes (the header, in the first
-/// page); everything after them is written only by commits.
+/// Bytes at the start of a redb file within which its creation writes before it marks the
+/// file as a database (the header: 320 bytes in redb 4); nothing past them is written until
+/// the file is marked.
 const CREATION_WRITES: u64 = 4096;
 
 /// Opens the database at `path`, creating it when there is none, so that a crash never leaves
@@ -192,7 +193,7 @@ fn create_in_place_of(path: &Path) -> Result<Database, StoreError> {
 }
 
 /// Whether the file at `path` holds no byte past the header page: a creation cut off before
-/// redb marked it as a database. A database that was ever committed to has pages past it.
+/// redb marked it as a database. Once marked, redb writes pages past it as it opens.
 fn never_committed(path: &Path) -> Result<bool, StoreError> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;

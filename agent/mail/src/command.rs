@@ -211,7 +211,7 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         // Serializing into a Vec fails only for types whose Serialize impl reports an error or
         // gives no sequence length; none of the command's types does.
-        postcard::to_allocvec(self).expect("postcard encodes every Command into a Vec")
+        crate::records::to_vec(self).expect("postcard encodes every Command into a Vec")
     }
 
     /// Strict: bytes left over after the command make it malformed too.
@@ -505,7 +505,7 @@ pub struct StoredMessage {
 }
 
 pub(crate) fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
-    postcard::to_allocvec(outcome).expect("postcard encodes every Outcome into a Vec")
+    crate::records::to_vec(outcome).expect("postcard encodes every Outcome into a Vec")
 }
 
 /// Decodes the bytes [`crate::MailStateMachine::apply`] returned. Bytes that are not a

@@ -127,7 +127,14 @@ pub(crate) struct IdemRecord {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).expect("postcard encodes every record into a Vec")
+    to_vec(value).expect("postcard encodes every record into a Vec")
+}
+
+/// `value` encoded with postcard into a `Vec` allocated once at its exact size: growing one
+/// by doubling copies a command's body again at each step, on every replica.
+pub(crate) fn to_vec<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Vec<u8>> {
+    let size = postcard::experimental::serialized_size(value)?;
+    postcard::to_extend(value, Vec::with_capacity(size))
 }
 
 /// A value that does not decode is local corruption, not a deterministic outcome: it is a
@@ -144,6 +151,32 @@ pub(crate) fn decode<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same bytes as postcard's own `Vec` encoding, in one allocation of exactly their size.
+    #[test]
+    fn to_vec_encodes_as_postcard_does_in_one_exact_allocation() {
+        let command = crate::Command::Deliver {
+            idempotency_key: vec![1; 32],
+            recipients: vec!["a@example.org".into(), "b@example.org".into()],
+            mailbox: Some("INBOX".into()),
+            internal_date: 1_700_000_000,
+            flags: vec![],
+            body: vec![b'x'; 4096],
+            now: 1_700_000_000_000,
+        };
+        let bytes = to_vec(&command).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&command).unwrap());
+        assert_eq!(bytes.capacity(), bytes.len());
+        let message = encode(&Message {
+            uid: 7,
+            modseq: 9,
+            flags: Default::default(),
+            internal_date: 1,
+            size: 4096,
+            blob: BlobHash::of(b"body"),
+        });
+        assert_eq!(message.capacity(), message.len());
+    }
 
     #[test]
     fn blob_hash_is_sha256_in_hex() {

@@ -51,10 +51,13 @@ impl Error {
     }
 }
 
-/// Encodes a value with postcard; encoding into a `Vec` fails only for types postcard cannot
-/// express, which none of ours is.
+/// Encodes a value with postcard, into a `Vec` allocated once at its exact size (a log entry
+/// carries many commands' bodies; growing the `Vec` by doubling would copy them again);
+/// encoding fails only for types postcard cannot express, which none of ours is.
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).expect("postcard encodes every Raft type")
+    postcard::experimental::serialized_size(value)
+        .and_then(|size| postcard::to_extend(value, Vec::with_capacity(size)))
+        .expect("postcard encodes every Raft type")
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(

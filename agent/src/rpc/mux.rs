@@ -51,7 +51,10 @@ const WRITE_STALL: Duration = Duration::from_secs(120);
 /// postcard message. A message that makes the frame longer than [`MAX_FRAME`] is
 /// `InvalidInput`.
 pub(crate) fn frame<T: Serialize>(id: u64, message: &T) -> io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(256);
+    // Allocated once at the frame's size: a forwarded write carries a whole message.
+    let size = postcard::experimental::serialized_size(message)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut head = Vec::with_capacity(4 + ID + size);
     head.extend_from_slice(&[0; 4]);
     head.extend_from_slice(&id.to_be_bytes());
     let mut frame = postcard::to_extend(message, head)
@@ -508,6 +511,11 @@ mod tests {
         assert_eq!(id, 0x0102_0304_0506_0708);
         assert_eq!(decode::<String>(message).unwrap(), "hello");
         assert!(split(&[1, 2, 3]).is_err(), "a body shorter than an id");
+        // A forwarded write's frame is allocated once, at its size.
+        let body = vec![7u8; 4096];
+        let f = frame(9, &body).unwrap();
+        assert_eq!(f.capacity(), f.len());
+        assert_eq!(decode::<Vec<u8>>(super::message(&f)).unwrap(), body);
     }
 
     #[tokio::test]

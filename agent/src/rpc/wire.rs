@@ -120,8 +120,12 @@ pub enum RpcResponse {
     ImapSession(Result<(), Refused>),
 }
 
+/// `message` in postcard, in a `Vec` allocated once at its exact size (Raft's appends carry
+/// many commands' bodies, which growing the `Vec` by doubling would copy again).
 pub(crate) fn encode<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {
-    postcard::to_stdvec(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    postcard::experimental::serialized_size(message)
+        .and_then(|size| postcard::to_extend(message, Vec::with_capacity(size)))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> io::Result<T> {

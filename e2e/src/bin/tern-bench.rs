@@ -4,9 +4,10 @@
 //! this one), creates one account per shard through the admin API, then:
 //!
 //! 1. **Deliveries**: for 1, 16 and 256 concurrent clients, each delivering 4 KiB messages
-//!    (distinct bodies, fresh idempotency keys) to the shards' leaders over the agents' RPC, for
-//!    a fixed time: deliveries per second and latency percentiles. A delivery counts only when
-//!    the leader answers it, i.e. once it is committed — fsynced on a majority — and applied.
+//!    (distinct bodies; fresh idempotency keys, SHA-256 digests as SMTP makes them) to the
+//!    shards' leaders over the agents' RPC, for a fixed time: deliveries per second and latency
+//!    percentiles. A delivery counts only when the leader answers it, i.e. once it is
+//!    committed — fsynced on a majority — and applied.
 //! 2. **Failover**: repeatedly SIGKILLs the leader of shard 1 and measures the time from the
 //!    kill to the first delivery committed by the new leader (writes are sent to the surviving
 //!    nodes, following "not the leader" answers); the killed node is restarted and caught up
@@ -291,6 +292,18 @@ fn message(client: usize, n: u64) -> Vec<u8> {
     body
 }
 
+/// The key SMTP and LMTP give a delivery (`tern_agent::smtp::delivery::idempotency_key`): a
+/// SHA-256 digest, so the keys land all over the state's index, as in production. The message
+/// digest it is made from is unique per run, client and delivery.
+fn idempotency_key(recipient: &str, client: usize, n: u64) -> Vec<u8> {
+    let mut digest = [0u8; 32];
+    let seed = [u64::from(std::process::id()), client as u64, n, 0x7465_726e];
+    for (chunk, word) in digest.chunks_mut(8).zip(seed) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    tern_agent::smtp::delivery::idempotency_key(&digest, &[recipient.to_owned()])
+}
+
 fn deliver(recipient: &str, key: Vec<u8>, body: Vec<u8>) -> Vec<u8> {
     MailCommand::Deliver {
         idempotency_key: key,
@@ -416,7 +429,7 @@ async fn deliveries(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let key = format!("bench-{}-{client}-{n}", std::process::id()).into_bytes();
+                let key = idempotency_key(&recipient, client, n);
                 let command = bytes::Bytes::from(deliver(&recipient, key, message(client, n)));
                 let began = Instant::now();
                 let sent = send(

@@ -30,7 +30,7 @@
 //! [`DEFAULT_LIMIT`]) the writer that crossed it flushes at once, so memory stays bounded
 //! even when nobody calls `flush`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -39,63 +39,57 @@ use crate::engine::{Batch, Durability, Engine, KeyValue, Link, Op, OpRef, Space,
 /// Overlay size (keys plus values) at which a write flushes on its own.
 pub const DEFAULT_LIMIT: usize = 64 << 20;
 
-/// Pending writes: per keyspace, key → new value, or `None` for a delete.
+/// A pending write of a key: its new value (`None` for a delete) and, for a put that came with
+/// one, its link, passed on to the inner engine. A later write of the key replaces both, so a
+/// link never outlives its put.
+#[derive(Clone)]
+struct Write {
+    value: Option<Vec<u8>>,
+    link: Option<Box<Link>>,
+}
+
+/// Pending writes: per keyspace, key → its write.
 #[derive(Clone, Default)]
 struct Overlay {
-    spaces: BTreeMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// The links of the pending puts that came with one, per keyspace, passed on to the
-    /// inner engine.
-    links: HashMap<&'static str, HashMap<Vec<u8>, Box<Link>>>,
+    spaces: BTreeMap<&'static str, BTreeMap<Vec<u8>, Write>>,
     bytes: usize,
 }
 
 impl Overlay {
     fn apply(&mut self, ops: Vec<Op>) {
         for op in ops {
-            let (keyspace, key, value, link) = match op {
+            let (keyspace, key, write) = match op {
                 Op::Put {
                     keyspace,
                     key,
                     value,
                     link,
-                } => (keyspace, key, Some(value), link),
-                Op::Delete { keyspace, key } => (keyspace, key, None, None),
+                } => (
+                    keyspace,
+                    key,
+                    Write {
+                        value: Some(value),
+                        link,
+                    },
+                ),
+                Op::Delete { keyspace, key } => (
+                    keyspace,
+                    key,
+                    Write {
+                        value: None,
+                        link: None,
+                    },
+                ),
             };
-            self.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-            match link {
-                Some(link) => {
-                    self.links
-                        .entry(keyspace)
-                        .or_default()
-                        .insert(key.clone(), link);
-                }
-                None => self.unlink(keyspace, &key),
-            }
-            self.spaces.entry(keyspace).or_default().insert(key, value);
+            self.bytes += key.len() + write.value.as_ref().map_or(0, Vec::len);
+            self.spaces.entry(keyspace).or_default().insert(key, write);
         }
-    }
-
-    /// Forgets the link of `key`, whose value is replaced without one.
-    fn unlink(&mut self, keyspace: &str, key: &[u8]) {
-        if let Some(links) = self.links.get_mut(keyspace) {
-            links.remove(key);
-        }
-    }
-
-    fn link(&self, keyspace: &str, key: &[u8]) -> Option<&Link> {
-        self.links.get(keyspace)?.get(key).map(|link| &**link)
     }
 
     /// Lays `newer` over these writes: where both write a key, `newer`'s write stays.
     fn absorb(&mut self, newer: Overlay) {
         for (keyspace, space) in newer.spaces {
-            for key in space.keys() {
-                self.unlink(keyspace, key);
-            }
             self.spaces.entry(keyspace).or_default().extend(space);
-        }
-        for (keyspace, links) in newer.links {
-            self.links.entry(keyspace).or_default().extend(links);
         }
         self.bytes += newer.bytes;
     }
@@ -104,7 +98,7 @@ impl Overlay {
         self.spaces
             .get(keyspace)
             .and_then(|space| space.get(key))
-            .map(Option::as_ref)
+            .map(|write| write.value.as_ref())
     }
 
     fn is_empty(&self) -> bool {
@@ -114,12 +108,12 @@ impl Overlay {
     /// The overlay's writes, borrowed, in keyspace and key order.
     fn ops(&self) -> impl Iterator<Item = OpRef<'_>> {
         self.spaces.iter().flat_map(move |(keyspace, space)| {
-            space.iter().map(move |(key, value)| match value {
+            space.iter().map(move |(key, write)| match &write.value {
                 Some(value) => OpRef::Put {
                     keyspace,
                     key,
                     value,
-                    link: self.link(keyspace, key),
+                    link: write.link.as_deref(),
                 },
                 None => OpRef::Delete { keyspace, key },
             })
@@ -241,10 +235,13 @@ fn level<'a>(
     range: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
     reverse: bool,
 ) -> Box<dyn Iterator<Item = Pending<'a>> + 'a> {
+    let pending = |(key, write): (&'a Vec<u8>, &'a Write)| (key, &write.value);
     match overlay.and_then(|o| o.spaces.get(keyspace)) {
         None => Box::new(std::iter::empty()),
-        Some(space) if reverse => Box::new(space.range::<Vec<u8>, _>(range.clone()).rev()),
-        Some(space) => Box::new(space.range::<Vec<u8>, _>(range.clone())),
+        Some(space) if reverse => {
+            Box::new(space.range::<Vec<u8>, _>(range.clone()).rev().map(pending))
+        }
+        Some(space) => Box::new(space.range::<Vec<u8>, _>(range.clone()).map(pending)),
     }
 }
 

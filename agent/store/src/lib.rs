@@ -12,6 +12,7 @@ mod buffered;
 mod engine;
 mod filter;
 mod log_engine;
+mod names;
 mod redb_engine;
 mod sled_engine;
 mod split;

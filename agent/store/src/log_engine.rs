@@ -63,7 +63,7 @@
 //! (purged after each snapshot) and message bodies keyed by hash; not meant for billions of
 //! small keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
@@ -75,6 +75,7 @@ use crate::engine::{
     range_is_empty, sync_dir, validate_keyspace, validate_ops,
 };
 use crate::filter::KeyFilters;
+use crate::names::NameMap;
 
 /// A segment is sealed and a new one started once it holds this many bytes.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -106,10 +107,10 @@ struct Writer {
 
 #[derive(Default)]
 struct State {
-    keyspaces: HashMap<String, BTreeMap<Vec<u8>, Loc>>,
+    keyspaces: NameMap<String, BTreeMap<Vec<u8>, Loc>>,
     /// Per keyspace, every key of its index (and some deleted ones): lookups of absent keys
     /// stop here.
-    filters: HashMap<String, KeyFilters>,
+    filters: NameMap<String, KeyFilters>,
     segments: BTreeMap<u64, Segment>,
     /// Key and value bytes of every live entry.
     live: u64,

@@ -1,6 +1,5 @@
 //! The redb engine: one file, one table per keyspace, `&[u8]` → `&[u8]`.
 
-use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
@@ -15,6 +14,7 @@ use crate::engine::{
     sync_dir, validate_keyspace, validate_ops,
 };
 use crate::filter::KeyFilter;
+use crate::names::NameMap;
 
 /// Each `compact()` call of redb moves some pages; it reports whether it could do more. The cap
 /// only guards against a loop that never settles.
@@ -34,7 +34,7 @@ pub struct RedbEngine {
     /// cost as much as the lookup.
     reads: Mutex<Option<Reads>>,
     /// Key filters of the keyspaces opened with one ([`open_filtered`](Self::open_filtered)).
-    filters: HashMap<&'static str, Mutex<TableFilter>>,
+    filters: NameMap<&'static str, Mutex<TableFilter>>,
 }
 
 /// The key filter of one table: a lookup of a key it rules out reads no tree.
@@ -101,7 +101,7 @@ impl TableFilter {
 /// See [`RedbEngine::reads`]. `None` for a table that does not exist in the transaction.
 struct Reads {
     txn: ReadTransaction,
-    tables: HashMap<&'static str, Option<Arc<ReadTable>>>,
+    tables: NameMap<&'static str, Option<Arc<ReadTable>>>,
 }
 
 type ReadTable = ReadOnlyTable<&'static [u8], &'static [u8]>;
@@ -291,7 +291,7 @@ impl RedbEngine {
             Some(reads) => reads,
             empty => empty.insert(Reads {
                 txn: db.begin_read().map_err(err)?,
-                tables: HashMap::new(),
+                tables: NameMap::default(),
             }),
         };
         if let Some(table) = reads.tables.get(keyspace) {
@@ -385,7 +385,7 @@ impl Engine for RedbEngine {
         // one open handle per table, so the previous one is dropped before the next opens.
         let mut open: Option<(&'static str, BytesTable<'_>)> = None;
         // Keys put per filtered keyspace, for the rebuild steps of their filters.
-        let mut filtered_puts: HashMap<&'static str, usize> = HashMap::new();
+        let mut filtered_puts: NameMap<&'static str, usize> = NameMap::default();
         for op in ops {
             let keyspace = op.keyspace();
             let table = match &mut open {

@@ -2,6 +2,8 @@
 //! the benchmark driver (`src/bin/`).
 #![forbid(unsafe_code)]
 
+/// CPU and disk figures of the machine while a benchmark runs.
+pub mod host;
 /// `tern-bench imap`: the IMAP load generator and the Tern/Dovecot comparison.
 pub mod imap_bench;
 /// The local cluster every benchmark runs against.

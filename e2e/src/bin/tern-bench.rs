@@ -7,7 +7,9 @@
 //!    (distinct bodies; fresh idempotency keys, SHA-256 digests as SMTP makes them) to the
 //!    shards' leaders over the agents' RPC, for a fixed time: deliveries per second and latency
 //!    percentiles. A delivery counts only when the leader answers it, i.e. once it is
-//!    committed — fsynced on a majority — and applied.
+//!    committed — fsynced on a majority — and applied. Beside them, what the machine did over
+//!    the same window (`tern_e2e::host`): the CPU's busy and I/O-wait shares and the bytes
+//!    written to the data's disk per delivery.
 //! 2. **Failover**: repeatedly SIGKILLs the leader of shard 1 and measures the time from the
 //!    kill to the first delivery committed by the new leader (writes are sent to the surviving
 //!    nodes, following "not the leader" answers); the killed node is restarted and caught up
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant};
 use tern_agent::dev::Endpoints;
 use tern_agent::pki::LocalPki;
 use tern_agent::rpc::{Network, Refused, RpcKind, RpcResponse, TlsConfig};
+use tern_e2e::host::{Host, Usage};
 use tern_e2e::local::{LocalCluster, agent_binary, read_json};
 use tern_mail::{Command as MailCommand, Reply, decode_response};
 use tern_raft::{Node, NodeId, Request, ShardId};
@@ -179,20 +182,38 @@ async fn run(o: &Options) -> Result<(), String> {
     );
     println!();
     println!(
-        "{:>8}  {:>12}  {:>9}  {:>9}  {:>9}  {:>11}",
-        "CLIENTS", "DELIVERIES/S", "P50 MS", "P99 MS", "ERRORS", "CMDS/ENTRY"
+        "{:>8}  {:>12}  {:>9}  {:>9}  {:>9}  {:>11}  {:>8}  {:>7}  {:>13}",
+        "CLIENTS",
+        "DELIVERIES/S",
+        "P50 MS",
+        "P99 MS",
+        "ERRORS",
+        "CMDS/ENTRY",
+        "CPU BUSY",
+        "IOWAIT",
+        "DISK KIB/DELIV"
     );
     let http: Vec<String> = endpoints.nodes.iter().map(|n| n.http.clone()).collect();
     for &clients in &o.clients {
         let before = proposed(&http).await;
-        let (rate, mut latencies, errors) = deliveries(&cluster, clients, o.seconds).await;
+        let (rate, mut latencies, errors, usage) = deliveries(&cluster, clients, o.seconds).await;
         let after = proposed(&http).await;
         latencies.sort_unstable();
         let per_entry = (after.1 - before.1) as f64 / ((after.0 - before.0).max(1)) as f64;
+        let share =
+            |f: fn(&Usage) -> f64| usage.map_or("-".into(), |u| format!("{:.0}%", f(&u) * 100.0));
+        let written = usage
+            .and_then(|u| u.written_bytes)
+            .filter(|_| rate > 0.0)
+            .map_or("-".into(), |bytes| {
+                format!("{:.1}", bytes as f64 / 1024.0 / (rate * o.seconds as f64))
+            });
         println!(
-            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}  {per_entry:>11.1}",
+            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}  {per_entry:>11.1}  {:>8}  {:>7}  {written:>13}",
             percentile(&latencies, 0.50),
-            percentile(&latencies, 0.99)
+            percentile(&latencies, 0.99),
+            share(|u| u.busy),
+            share(|u| u.iowait),
         );
     }
     if o.trials > 0 {
@@ -405,7 +426,7 @@ async fn deliveries(
     cluster: &Arc<Cluster>,
     clients: usize,
     seconds: u64,
-) -> (f64, Vec<Duration>, u64) {
+) -> (f64, Vec<Duration>, u64, Option<Usage>) {
     let mut leaders = BTreeMap::new();
     for shard in cluster.accounts.keys() {
         leaders.insert(*shard, leader_of(cluster, *shard).await.unwrap_or(1));
@@ -455,7 +476,11 @@ async fn deliveries(
             latencies
         }));
     }
-    tokio::time::sleep(warmup + Duration::from_secs(seconds)).await;
+    let host = Host::for_dir(&cluster.dir);
+    tokio::time::sleep_until((start + warmup).into()).await;
+    let before = host.sample();
+    tokio::time::sleep_until((start + warmup + Duration::from_secs(seconds)).into()).await;
+    let usage = before.until(&host.sample());
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {
@@ -463,7 +488,7 @@ async fn deliveries(
     }
     // Count only deliveries that began inside the measured window.
     let rate = all.len() as f64 / seconds as f64;
-    (rate, all, errors.load(Ordering::Relaxed))
+    (rate, all, errors.load(Ordering::Relaxed), usage)
 }
 
 /// Kills the leader of `shard`, measures the time to the first delivery committed by a new

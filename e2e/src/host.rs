@@ -87,6 +87,22 @@ impl Sample {
     }
 }
 
+/// The CPU busy and I/O-wait shares and the disk KiB written per unit of work (`units` of it
+/// done in the window), formatted for a benchmark's table; "-" where a figure is absent.
+pub fn columns(usage: Option<Usage>, units: f64) -> [String; 3] {
+    let percent = |share: f64| format!("{:.0}%", share * 100.0);
+    let Some(usage) = usage else {
+        return ["-".into(), "-".into(), "-".into()];
+    };
+    let written = usage
+        .written_bytes
+        .filter(|_| units > 0.0)
+        .map_or("-".into(), |bytes| {
+            format!("{:.1}", bytes as f64 / 1024.0 / units)
+        });
+    [percent(usage.busy), percent(usage.iowait), written]
+}
+
 /// The machine's line of `/proc/stat` (`cpu  user nice system idle iowait irq softirq
 /// steal …`).
 fn parse_cpu(stat: &str) -> Option<CpuTicks> {
@@ -186,6 +202,9 @@ mod tests {
         };
         assert_eq!(before.until(&no_disk).unwrap().written_bytes, None);
         assert!(Sample::default().until(&after).is_none());
+        assert_eq!(columns(Some(usage), 50.0), ["75%", "5%", "2.0"]);
+        assert_eq!(columns(Some(usage), 0.0), ["75%", "5%", "-"]);
+        assert_eq!(columns(None, 50.0), ["-", "-", "-"]);
     }
 
     /// The encoding of `makedev(3)`, both for small numbers and for those past 8/12 bits.

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::host::{self, Host, Usage};
 use crate::local::{LocalCluster, log_file};
 
 const USAGE: &str = "usage: tern-bench smtp [--dir DIR] [--base-port P] [--messages N] [--sessions 8,32] [--sizes 1024,65536] [--targets tern,reference] [--keep]";
@@ -457,43 +458,48 @@ fn size_label(size: usize) -> String {
     }
 }
 
-/// Sends to Tern and times it; checks what is stored.
+/// Sends to Tern and times it, with what the machine did meanwhile; checks what is stored.
 async fn measure_tern(
     cluster: &TernCluster,
+    host: &Host,
     sessions: usize,
     size: usize,
     messages: usize,
-) -> Result<f64, String> {
+) -> Result<(f64, Option<Usage>), String> {
     let recipient = cluster
         .account(&format!(
             "s{sessions}-{}",
             size_label(size).replace(' ', "").to_lowercase()
         ))
         .await?;
-    let started = Instant::now();
+    let (started, before) = (Instant::now(), host.sample());
     smtp_source(&cluster.smtp, &recipient, sessions, messages, size).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let usage = before.until(&host.sample());
     cluster.verify(&recipient, messages).await?;
-    Ok(seconds)
+    Ok((seconds, usage))
 }
 
-/// Sends to the reference and times it until the last message is in a Maildir.
+/// Sends to the reference and times it until the last message is in a Maildir, with what the
+/// machine did meanwhile.
 async fn measure_reference(
     reference: &Reference,
+    host: &Host,
     sessions: usize,
     size: usize,
     messages: usize,
-) -> Result<f64, String> {
+) -> Result<(f64, Option<Usage>), String> {
     let recipient = format!(
         "s{sessions}-{}@{REFERENCE_DOMAIN}",
         size_label(size).replace(' ', "").to_lowercase()
     );
     let before = reference.delivered();
-    let started = Instant::now();
+    let (started, machine) = (Instant::now(), host.sample());
     smtp_source(REFERENCE_SMTP, &recipient, sessions, messages, size).await?;
     let within = Duration::from_secs(120) + Duration::from_millis(100 * messages as u64);
     reference.wait_delivered(before + messages, within).await?;
-    Ok(started.elapsed().as_secs_f64())
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((seconds, machine.until(&host.sample())))
 }
 
 async fn run(o: &Options) -> Result<(), String> {
@@ -545,23 +551,33 @@ async fn run(o: &Options) -> Result<(), String> {
     }
     println!();
     println!(
-        "{:<10}  {:>8}  {:>7}  {:>8}  {:>8}  {:>10}",
-        "TARGET", "SESSIONS", "SIZE", "MESSAGES", "SECONDS", "MESSAGES/S"
+        "{:<10}  {:>8}  {:>7}  {:>8}  {:>8}  {:>10}  {:>8}  {:>7}  {:>12}",
+        "TARGET",
+        "SESSIONS",
+        "SIZE",
+        "MESSAGES",
+        "SECONDS",
+        "MESSAGES/S",
+        "CPU BUSY",
+        "IOWAIT",
+        "DISK KIB/MSG"
     );
+    let host = Host::for_dir(&o.dir);
     let mut rows = Vec::new();
     for &size in &o.sizes {
         for &sessions in &o.sessions {
             for target in &o.targets {
-                let seconds = match target {
+                let (seconds, usage) = match target {
                     Target::Tern => {
                         let cluster = tern.as_ref().expect("started above");
-                        measure_tern(cluster, sessions, size, o.messages).await?
+                        measure_tern(cluster, &host, sessions, size, o.messages).await?
                     }
                     Target::Reference => {
                         let r = reference.as_ref().expect("started above");
-                        measure_reference(r, sessions, size, o.messages).await?
+                        measure_reference(r, &host, sessions, size, o.messages).await?
                     }
                 };
+                let [busy, iowait, written] = host::columns(usage, o.messages as f64);
                 let row = Row {
                     target: *target,
                     sessions,
@@ -570,7 +586,7 @@ async fn run(o: &Options) -> Result<(), String> {
                     seconds,
                 };
                 println!(
-                    "{:<10}  {:>8}  {:>7}  {:>8}  {:>8.2}  {:>10.1}",
+                    "{:<10}  {:>8}  {:>7}  {:>8}  {:>8.2}  {:>10.1}  {busy:>8}  {iowait:>7}  {written:>12}",
                     row.target.name(),
                     row.sessions,
                     size_label(row.size),

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tern_agent::dev::Endpoints;
 use tern_agent::pki::LocalPki;
 use tern_agent::rpc::{Network, Refused, RpcKind, RpcResponse, TlsConfig};
-use tern_e2e::host::{Host, Usage};
+use tern_e2e::host::{self, Host, Usage};
 use tern_e2e::local::{LocalCluster, agent_binary, read_json};
 use tern_mail::{Command as MailCommand, Reply, decode_response};
 use tern_raft::{Node, NodeId, Request, ShardId};
@@ -200,20 +200,11 @@ async fn run(o: &Options) -> Result<(), String> {
         let after = proposed(&http).await;
         latencies.sort_unstable();
         let per_entry = (after.1 - before.1) as f64 / ((after.0 - before.0).max(1)) as f64;
-        let share =
-            |f: fn(&Usage) -> f64| usage.map_or("-".into(), |u| format!("{:.0}%", f(&u) * 100.0));
-        let written = usage
-            .and_then(|u| u.written_bytes)
-            .filter(|_| rate > 0.0)
-            .map_or("-".into(), |bytes| {
-                format!("{:.1}", bytes as f64 / 1024.0 / (rate * o.seconds as f64))
-            });
+        let [busy, iowait, written] = host::columns(usage, rate * o.seconds as f64);
         println!(
-            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}  {per_entry:>11.1}  {:>8}  {:>7}  {written:>13}",
+            "{clients:>8}  {rate:>12.0}  {:>9.2}  {:>9.2}  {errors:>9}  {per_entry:>11.1}  {busy:>8}  {iowait:>7}  {written:>13}",
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
-            share(|u| u.busy),
-            share(|u| u.iowait),
         );
     }
     if o.trials > 0 {

@@ -206,15 +206,22 @@ fn rpc_addr(node: &Node) -> Result<SocketAddr, String> {
     }
 }
 
+type Engine = Arc<dyn tern_store::Engine>;
+
 /// The layout of what an agent keeps in `TERN_DATA_DIR` (`FORMAT` holds it). 2: message bodies
 /// carry the log index of the entry that stored them, and only shared bodies have a reference
 /// count. 3: bodies are kept with the Raft logs in `log/`, linked to the entries that carried
-/// them, instead of in a `bodies/` engine of their own.
-const DATA_FORMAT: u32 = 3;
+/// them, instead of in a `bodies/` engine of their own. 4: idempotency records are kept there
+/// too, written after the state from its redo record (`tern_store::Split`); an agent moves a
+/// format 3 directory's records there when it opens it ([`open_engines`]).
+const DATA_FORMAT: u32 = 4;
+/// The oldest format an agent moves to [`DATA_FORMAT`] itself.
+const MOVED_FORMAT: u32 = 3;
 
-/// Refuses a data directory in a layout this agent cannot read, rather than misreading it;
-/// marks a new one with [`DATA_FORMAT`], durably, before anything is stored in it.
-fn check_data_format(dir: &Path) -> Result<(), String> {
+/// The format of the data in `dir`: refuses a layout this agent cannot read, rather than
+/// misreading it, and marks a new directory with [`DATA_FORMAT`], durably, before anything is
+/// stored in it.
+fn check_data_format(dir: &Path) -> Result<u32, String> {
     let marker = dir.join("FORMAT");
     let found = match std::fs::read_to_string(&marker) {
         Ok(text) => Some(text.trim().parse::<u32>().map_err(|_| {
@@ -230,9 +237,10 @@ fn check_data_format(dir: &Path) -> Result<(), String> {
         .iter()
         .any(|sub| dir.join(sub).exists());
     match found {
-        Some(DATA_FORMAT) => Ok(()),
+        Some(format) if (MOVED_FORMAT..=DATA_FORMAT).contains(&format) => Ok(format),
         Some(other) => Err(format!(
-            "{} holds data in format {other}; this agent reads format {DATA_FORMAT} only",
+            "{} holds data in format {other}; this agent reads formats {MOVED_FORMAT} to \
+             {DATA_FORMAT} only",
             dir.display()
         )),
         None if stored => Err(format!(
@@ -242,16 +250,100 @@ fn check_data_format(dir: &Path) -> Result<(), String> {
             dir.display()
         )),
         None => {
-            let temporary = dir.join("FORMAT.new");
-            let write = || -> std::io::Result<()> {
-                let mut file = std::fs::File::create(&temporary)?;
-                std::io::Write::write_all(&mut file, format!("{DATA_FORMAT}\n").as_bytes())?;
-                file.sync_all()?;
-                std::fs::rename(&temporary, &marker)?;
-                std::fs::File::open(dir)?.sync_all()
-            };
-            write().map_err(|e| format!("{}: {e}", marker.display()))
+            mark_data_format(dir)?;
+            Ok(DATA_FORMAT)
         }
+    }
+}
+
+/// Records, durably, that the data in `dir` is in [`DATA_FORMAT`].
+fn mark_data_format(dir: &Path) -> Result<(), String> {
+    let marker = dir.join("FORMAT");
+    let temporary = dir.join("FORMAT.new");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temporary)?;
+        std::io::Write::write_all(&mut file, format!("{DATA_FORMAT}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &marker)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", marker.display()))
+}
+
+/// Opens the engines of the data in `dir`: the Raft logs, and the shards' state (the main
+/// engine `kind` in `state/` split with the logs' engine), moving a format 3 directory to 4
+/// first. Blocks.
+///
+/// Two engines: the Raft logs, whose appends wait for fsyncs, and the shards' state, whose
+/// writes then never queue behind them (see tern-raft's durability notes). The logs are
+/// append-only segments whatever `kind` says: a log entry is written once, read back by
+/// replication while recent, and deleted in bulk after a snapshot, which a B-tree does at
+/// several times the cost.
+///
+/// Message bodies (written once, read rarely, deleted whole) are on the logs' engine beside
+/// the state: a body is linked to the log entry that carried it, so it is written once (see
+/// `tern_store::Link`), and stays when the log is purged. Idempotency records too: their keys
+/// are digests, which a B-tree stores a page apiece per commit, and every delivery looks one
+/// up and misses, which the log engine's key filter answers from memory. `Split` orders the
+/// two engines' writes so the state never refers to a body that is not on disk, and the
+/// idempotency records are never ahead of the state nor behind it.
+fn open_engines(dir: &Path, kind: EngineKind) -> Result<(Engine, Engine), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let format = check_data_format(dir)?;
+    let open = |sub: &str, kind: EngineKind| {
+        let path = dir.join(sub);
+        tern_store::open(kind, &path)
+            .map_err(|e| format!("opening the store in {}: {e}", path.display()))
+    };
+    let log = open("log", EngineKind::Log)?;
+    let main = open("state", kind)?;
+    if format == MOVED_FORMAT {
+        // Copied, then deleted: a crash in between leaves them in both, and the next start
+        // copies them again. The directory says format 3 until they are all moved.
+        let moved = move_keyspace(&*main, &*log, tern_mail::keys::IDEM)
+            .map_err(|e| format!("moving the idempotency records in {}: {e}", dir.display()))?;
+        mark_data_format(dir)?;
+        tracing::info!(records = moved, dir = %dir.display(), "moved the data to format {DATA_FORMAT}");
+    }
+    let state = tern_store::Split::open(
+        main,
+        log.clone(),
+        tern_mail::keys::SIDE_REFERENCED,
+        tern_mail::keys::SIDE_AFTER,
+    )
+    .map_err(|e| format!("opening the state in {}: {e}", dir.display()))?;
+    Ok((log, Arc::new(state)))
+}
+
+/// Moves every key of `keyspace` from `from` to `to`, durably, a page at a time; returns how
+/// many it moved.
+fn move_keyspace(
+    from: &dyn tern_store::Engine,
+    to: &dyn tern_store::Engine,
+    keyspace: &'static str,
+) -> Result<u64, tern_store::StoreError> {
+    const PAGE: usize = 4096;
+    let mut moved = 0;
+    loop {
+        let page = from.scan(
+            keyspace,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            PAGE,
+            false,
+        )?;
+        if page.is_empty() {
+            return Ok(moved);
+        }
+        let mut copy = tern_store::Batch::new();
+        let mut delete = tern_store::Batch::new();
+        for (key, value) in page {
+            delete.delete(keyspace, key.clone());
+            copy.put(keyspace, key, value);
+            moved += 1;
+        }
+        to.write(copy, tern_store::Durability::Immediate)?;
+        from.write(delete, tern_store::Durability::Immediate)?;
     }
 }
 
@@ -270,36 +362,12 @@ async fn start_store(
         Some("sled") => EngineKind::Sled,
         Some(other) => return Err(format!("TERN_STORE_ENGINE={other}: expected redb or sled")),
     };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    check_data_format(&dir)?;
-    // Two engines: the Raft logs, whose appends wait for fsyncs, and the shards' state, whose
-    // writes then never queue behind them (see tern-raft's durability notes). The logs are
-    // append-only segments whatever TERN_STORE_ENGINE says: a log entry is written once, read
-    // back by replication while recent, and deleted in bulk after a snapshot, which a B-tree
-    // does at several times the cost.
-    // Every delivery looks its idempotency key up, and new deliveries miss: a key filter
-    // answers those without reading the state's tree.
-    let open = |sub: &'static str, kind: EngineKind| {
-        let path = dir.join(sub);
-        async move {
-            let shown = path.display().to_string();
-            let filtered = &[tern_mail::keys::IDEM];
-            tokio::task::spawn_blocking(move || tern_store::open_filtered(kind, &path, filtered))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("opening the store in {shown}: {e}"))
-        }
+    let (log, state) = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || open_engines(&dir, kind))
+            .await
+            .map_err(|e| e.to_string())??
     };
-    // Message bodies (written once, read rarely, deleted whole) on the logs' engine beside the
-    // state: a body is linked to the log entry that carried it, so it is written once (see
-    // `tern_store::Link`), and stays when the log is purged. `Split` orders the two engines'
-    // writes so the state never refers to a body that is not on disk.
-    let log = open("log", EngineKind::Log).await?;
-    let state = Arc::new(tern_store::Split::new(
-        open("state", kind).await?,
-        log.clone(),
-        &[tern_mail::keys::BLOB],
-    ));
     let storage = Storage::with_engines(log, state);
     let tls = TlsConfig::from_pem(
         &read("TERN_CLUSTER_CA_FILE")?,
@@ -523,11 +591,18 @@ mod format_tests {
         );
         check_data_format(dir.path()).expect("its own format is accepted");
 
-        for old in ["1", "2"] {
+        for old in ["1", "2", "5"] {
             std::fs::write(dir.path().join("FORMAT"), format!("{old}\n")).unwrap();
             let refused = check_data_format(dir.path()).unwrap_err();
             assert!(refused.contains(&format!("format {old}")), "{refused}");
         }
+
+        std::fs::write(dir.path().join("FORMAT"), "3\n").unwrap();
+        assert_eq!(
+            check_data_format(dir.path()),
+            Ok(3),
+            "format 3 is moved, not refused"
+        );
 
         std::fs::write(dir.path().join("FORMAT"), "two").unwrap();
         assert!(check_data_format(dir.path()).is_err());
@@ -543,6 +618,58 @@ mod format_tests {
         assert!(
             !dir.path().join("FORMAT").exists(),
             "nothing marked on refusal"
+        );
+    }
+
+    #[test]
+    fn a_format_3_directory_has_its_idempotency_records_moved_beside_the_bodies() {
+        use tern_mail::keys::{DIR, IDEM};
+        use tern_store::{Batch, Durability};
+
+        let dir = tern_raft::testing::TempDir::new("data-format-3");
+        std::fs::write(dir.path().join("FORMAT"), "3\n").unwrap();
+        {
+            let state = tern_store::open(EngineKind::Redb, &dir.path().join("state")).unwrap();
+            let mut batch = Batch::new();
+            // More than one page of the move.
+            for i in 0..5000u32 {
+                batch.put(IDEM, i.to_be_bytes().to_vec(), vec![i as u8; 40]);
+            }
+            batch.put(DIR, b"d".to_vec(), b"domain".to_vec());
+            state.write(batch, Durability::Immediate).unwrap();
+            tern_store::open(EngineKind::Log, &dir.path().join("log")).unwrap();
+        }
+
+        let (log, state) = open_engines(dir.path(), EngineKind::Redb).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+            format!("{DATA_FORMAT}\n")
+        );
+        for i in [0u32, 4095, 4096, 4999] {
+            let want = Some(vec![i as u8; 40]);
+            assert_eq!(state.get(IDEM, &i.to_be_bytes()).unwrap(), want);
+            assert_eq!(log.get(IDEM, &i.to_be_bytes()).unwrap(), want);
+        }
+        assert_eq!(state.get(DIR, b"d").unwrap(), Some(b"domain".to_vec()));
+        drop((log, state));
+
+        let main = tern_store::open(EngineKind::Redb, &dir.path().join("state")).unwrap();
+        let left = main
+            .scan(
+                IDEM,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                10,
+                false,
+            )
+            .unwrap();
+        assert!(left.is_empty(), "{} records left in the state", left.len());
+        drop(main);
+        // Opened again, in format 4: nothing to move, everything still there.
+        let (_, state) = open_engines(dir.path(), EngineKind::Redb).unwrap();
+        assert_eq!(
+            state.get(IDEM, &77u32.to_be_bytes()).unwrap(),
+            Some(vec![77; 40])
         );
     }
 }

@@ -30,13 +30,16 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("creating the bench directory");
     let log = tern_store::open(EngineKind::Log, &dir.join("log")).expect("opening log/");
-    let state = Arc::new(Split::new(
-        // The agent's state: a key filter on the idempotency keys (see `tern_agent::serve`).
-        tern_store::open_filtered(EngineKind::Redb, &dir.join("state"), &[keys::IDEM])
-            .expect("opening state/"),
-        log.clone(),
-        &[keys::BLOB],
-    ));
+    // The agent's layout (see `tern_agent::serve`).
+    let state = Arc::new(
+        Split::open(
+            tern_store::open(EngineKind::Redb, &dir.join("state")).expect("opening state/"),
+            log.clone(),
+            keys::SIDE_REFERENCED,
+            keys::SIDE_AFTER,
+        )
+        .expect("opening the split state"),
+    );
     let engine = Buffered::new(state);
     let sm = MailStateMachine::new();
     let mut index = 0u64;

@@ -65,12 +65,22 @@ pub const BLOB: &str = "mail_blob";
 /// body stored by an earlier entry by its log index, which is not below the entry's own.
 pub const BLOBREF: &str = "mail_blobref";
 /// Responses of deliveries by idempotency key, and their expiry index.
+///
+/// Kept beside the bodies on the log engine ([`SIDE_AFTER`]): the keys are digests, and a
+/// B-tree gives each new one a page of its own in every commit.
 pub const IDEM: &str = "mail_idem";
 /// The outbound queue: queued messages and their due index.
 pub const QUEUE: &str = "mail_queue";
 
 /// Every keyspace the mail model writes, for the Raft layer (snapshots, shard removal).
 pub const KEYSPACES: &[&str] = &[DIR, MSG, MODSEQ, BLOB, BLOBREF, IDEM, QUEUE];
+
+/// Keyspaces kept beside the state on a log engine (`tern_store::Split`) whose values the
+/// state refers to: stored before the state's write.
+pub const SIDE_REFERENCED: &[&str] = &[BLOB];
+/// Keyspaces kept beside the state on a log engine (`tern_store::Split`) that nothing refers
+/// to: written after the state's write, from its redo record, so they are never ahead of it.
+pub const SIDE_AFTER: &[&str] = &[IDEM];
 
 pub(crate) const TAG_COUNTERS: u8 = b'C';
 pub(crate) const TAG_DOMAIN: u8 = b'D';

@@ -71,11 +71,10 @@ impl Member {
     ) -> Self {
         let log = tern_store::open(EngineKind::Log, &dir.path().join("log")).expect("open log");
         let main = tern_store::open(kind, &dir.path().join("state")).expect("open state");
-        let state = Arc::new(tern_store::Split::new(
-            main,
-            log.clone(),
-            &[KvApp::KEYSPACE],
-        ));
+        let state = Arc::new(
+            tern_store::Split::open(main, log.clone(), &[KvApp::KEYSPACE], &[])
+                .expect("open the split state"),
+        );
         let storage = Storage::with_engines(log, state);
         Self::run(id, kind, dir, storage, router, config).await
     }

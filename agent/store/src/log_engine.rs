@@ -64,6 +64,7 @@
 //! small keys.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fs::{self, File, OpenOptions};
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
@@ -307,10 +308,12 @@ impl State {
                     self.keyspaces.insert(keyspace.to_owned(), BTreeMap::new());
                 }
                 let space = self.keyspaces.get_mut(keyspace).expect("just inserted");
-                match space.get_mut(key) {
-                    Some(slot) => Some(std::mem::replace(slot, loc)),
-                    None => {
-                        space.insert(key.to_vec(), loc);
+                // One walk of the tree: most puts are of new keys (log entries, bodies,
+                // idempotency records), whose key is copied in anyway.
+                match space.entry(key.to_vec()) {
+                    Entry::Occupied(mut slot) => Some(std::mem::replace(slot.get_mut(), loc)),
+                    Entry::Vacant(slot) => {
+                        slot.insert(loc);
                         let filters = match self.filters.get_mut(keyspace) {
                             Some(filters) => filters,
                             None => self

@@ -775,6 +775,48 @@ pub fn concurrent_writers(open: Open<'_>) {
     }
 }
 
+/// A store the crash test kills writers of: one engine, or the split the agent keeps its
+/// state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashStore {
+    Engine(crate::EngineKind),
+    /// redb in `main/` and the log engine in `side/`, with the crash writer's keyspace
+    /// "window" referenced and "copy" written after the main engine (see [`crate::Split`]).
+    Split,
+}
+
+impl CrashStore {
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashStore::Engine(kind) => kind.as_str(),
+            CrashStore::Split => "split",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "split" => Ok(CrashStore::Split),
+            other => other.parse().map(CrashStore::Engine),
+        }
+    }
+
+    pub fn open(self, dir: &Path) -> Result<Arc<dyn Engine>, StoreError> {
+        match self {
+            CrashStore::Engine(kind) => crate::open(kind, dir),
+            CrashStore::Split => {
+                let main = crate::open(crate::EngineKind::Redb, &dir.join("main"))?;
+                let side = crate::open(crate::EngineKind::Log, &dir.join("side"))?;
+                Ok(Arc::new(crate::Split::open(
+                    main,
+                    side,
+                    &["window"],
+                    &["copy"],
+                )?))
+            }
+        }
+    }
+}
+
 /// The value the crash writer stores under log sequence number `seq`: a header naming `seq`,
 /// the writer's seed and the payload length, then 2–8 KiB derived from all three. A value cut
 /// short, or glued together from two writes, fails [`check_crash_record`].

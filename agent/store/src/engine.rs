@@ -479,17 +479,6 @@ impl FromStr for EngineKind {
 /// Refuses a directory that holds the other engine's data: switching engines must not look
 /// like an empty store, which would silently drop every acknowledged write on this node.
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StoreError> {
-    open_filtered(kind, dir, &[])
-}
-
-/// As [`open`], keeping a key filter for each keyspace of `filtered`, so that lookups of keys
-/// that are not there read no tree ([`RedbEngine::open_filtered`]). The log engine filters
-/// every keyspace already; sled filters none.
-pub fn open_filtered(
-    kind: EngineKind,
-    dir: &Path,
-    filtered: &[&'static str],
-) -> Result<Arc<dyn Engine>, StoreError> {
     fs::create_dir_all(dir)?;
     for other in EngineKind::ALL.into_iter().filter(|k| *k != kind) {
         if dir.join(other.data_path()).exists() {
@@ -502,7 +491,7 @@ pub fn open_filtered(
     }
     let path = dir.join(kind.data_path());
     let engine: Arc<dyn Engine> = match kind {
-        EngineKind::Redb => Arc::new(RedbEngine::open_filtered(&path, filtered)?),
+        EngineKind::Redb => Arc::new(RedbEngine::open(&path)?),
         EngineKind::Sled => Arc::new(SledEngine::open(&path)?),
         EngineKind::Log => Arc::new(LogEngine::open(&path)?),
     };

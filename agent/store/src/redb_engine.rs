@@ -5,24 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use redb::{
-    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition, TableError, TableHandle,
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, TableHandle,
 };
 
 use crate::engine::{
     Batch, Durability, Engine, KeyValue, OpRef, Space, StoreError, disk_usage, range_is_empty,
     sync_dir, validate_keyspace, validate_ops,
 };
-use crate::filter::KeyFilter;
 use crate::names::NameMap;
 
 /// Each `compact()` call of redb moves some pages; it reports whether it could do more. The cap
 /// only guards against a loop that never settles.
 const MAX_COMPACTION_PASSES: usize = 64;
-
-/// Keys of a table copied into its filter being rebuilt per key put, so a rebuild never
-/// holds up a write for long, however large the table.
-const REBUILD_STEP: usize = 64;
 
 pub struct RedbEngine {
     // `compact()` needs `&mut Database`; every other operation shares it. Read guards are held
@@ -33,69 +28,6 @@ pub struct RedbEngine {
     /// until the next write: beginning a transaction and opening a table for every `get`
     /// cost as much as the lookup.
     reads: Mutex<Option<Reads>>,
-    /// Key filters of the keyspaces opened with one ([`open_filtered`](Self::open_filtered)).
-    filters: NameMap<&'static str, Mutex<TableFilter>>,
-}
-
-/// The key filter of one table: a lookup of a key it rules out reads no tree.
-///
-/// A put enters its key before the commit that writes it, so no reader finds a key missing
-/// from the filter that the table holds. The filter is built, and rebuilt once more keys were
-/// put than it was sized for, a little at a time inside write transactions (which redb runs
-/// one at a time): the successor receives every key put from the moment it exists, and each
-/// write copies [`REBUILD_STEP`] keys of the table per key it puts, from where the last copy
-/// stopped; once the copy reaches the end of the table the successor holds every key there
-/// and replaces the filter. Deleted keys stay until then. Until the first build completes,
-/// every lookup reads the tree.
-#[derive(Default)]
-struct TableFilter {
-    current: Option<KeyFilter>,
-    /// The successor being built, and the last key copied into it.
-    next: Option<(KeyFilter, Option<Vec<u8>>)>,
-}
-
-impl TableFilter {
-    /// False only when the table holds no `key`.
-    fn may_contain(&self, key: &[u8]) -> bool {
-        self.current.as_ref().is_none_or(|f| f.may_contain(key))
-    }
-
-    fn insert(&mut self, key: &[u8]) {
-        if let Some(current) = &mut self.current {
-            current.insert(key);
-        }
-        if let Some((next, _)) = &mut self.next {
-            next.insert(key);
-        }
-    }
-
-    /// Starts a successor sized for `keys` keys if the filter is missing or full and none is
-    /// being built; the cursor the next copy starts after, if one is being built.
-    fn rebuilding(&mut self, keys: u64) -> Option<Option<Vec<u8>>> {
-        if self.next.is_none() && self.current.as_ref().is_none_or(KeyFilter::is_full) {
-            let capacity = usize::try_from(keys).unwrap_or(usize::MAX / 2) * 2;
-            self.next = Some((KeyFilter::with_capacity(capacity), None));
-        }
-        self.next.as_ref().map(|(_, cursor)| cursor.clone())
-    }
-
-    /// Adds the keys `copied` of the table to the successor, after its cursor; `done` when
-    /// they reach the end of the table.
-    fn copied(&mut self, copied: Vec<Vec<u8>>, done: bool) {
-        let Some((next, cursor)) = &mut self.next else {
-            return;
-        };
-        for key in &copied {
-            next.insert(key);
-        }
-        if let Some(last) = copied.into_iter().last() {
-            *cursor = Some(last);
-        }
-        if done {
-            let (next, _) = self.next.take().expect("matched above");
-            self.current = Some(next);
-        }
-    }
 }
 
 /// See [`RedbEngine::reads`]. `None` for a table that does not exist in the transaction.
@@ -218,64 +150,12 @@ impl RedbEngine {
     /// Opens or creates the database file at `path`. After a crash redb repairs the file here
     /// (it falls back to the last commit whose checksums verify).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_filtered(path, &[])
-    }
-
-    /// As [`open`](Self::open), keeping a key filter (a Bloom filter, about 2.5 bytes of
-    /// memory per key) for each keyspace of `filtered`: for tables where lookups of keys that
-    /// are not there are common, such as the idempotency keys of new deliveries. A filter is
-    /// built by the writes after the open (see `TableFilter`).
-    pub fn open_filtered(path: &Path, filtered: &[&'static str]) -> Result<Self, StoreError> {
-        for keyspace in filtered {
-            validate_keyspace(keyspace)?;
-        }
         let db = open_or_create(path)?;
         Ok(Self {
             db: RwLock::new(db),
             path: path.to_owned(),
             reads: Mutex::new(None),
-            filters: filtered
-                .iter()
-                .map(|keyspace| (*keyspace, Mutex::default()))
-                .collect(),
         })
-    }
-
-    fn filter(&self, keyspace: &str) -> Option<std::sync::MutexGuard<'_, TableFilter>> {
-        self.filters
-            .get(keyspace)
-            .map(|f| f.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// One step of the rebuild of `keyspace`'s filter, if one is due: copies `keys` keys of
-    /// `table` (in the open write transaction) after the cursor.
-    fn rebuild_step(
-        &self,
-        keyspace: &'static str,
-        table: &BytesTable<'_>,
-        keys: usize,
-    ) -> Result<(), StoreError> {
-        let len = table.len().map_err(err)?;
-        let Some(cursor) = self.filter(keyspace).and_then(|mut f| f.rebuilding(len)) else {
-            return Ok(());
-        };
-        let from = match &cursor {
-            Some(last) => Bound::Excluded(last.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let mut copied = Vec::with_capacity(keys);
-        for entry in table
-            .range::<&[u8]>((from, Bound::Unbounded))
-            .map_err(err)?
-            .take(keys)
-        {
-            copied.push(entry.map_err(err)?.0.value().to_vec());
-        }
-        let done = copied.len() < keys;
-        if let Some(mut f) = self.filter(keyspace) {
-            f.copied(copied, done);
-        }
-        Ok(())
     }
 
     /// The keyspace's table as of the last commit, or `None` when it does not exist.
@@ -326,9 +206,6 @@ impl RedbEngine {
 impl Engine for RedbEngine {
     fn get(&self, keyspace: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         validate_keyspace(keyspace)?;
-        if self.filter(keyspace).is_some_and(|f| !f.may_contain(key)) {
-            return Ok(None);
-        }
         let db = self.db();
         let Some(table) = self.read_table(&db, keyspace)? else {
             return Ok(None);
@@ -384,8 +261,6 @@ impl Engine for RedbEngine {
         // Consecutive operations on one keyspace share an open table; a transaction allows only
         // one open handle per table, so the previous one is dropped before the next opens.
         let mut open: Option<(&'static str, BytesTable<'_>)> = None;
-        // Keys put per filtered keyspace, for the rebuild steps of their filters.
-        let mut filtered_puts: NameMap<&'static str, usize> = NameMap::default();
         for op in ops {
             let keyspace = op.keyspace();
             let table = match &mut open {
@@ -398,10 +273,6 @@ impl Engine for RedbEngine {
             };
             match *op {
                 OpRef::Put { key, value, .. } => {
-                    if let Some(mut filter) = self.filter(keyspace) {
-                        filter.insert(key);
-                        *filtered_puts.entry(keyspace).or_default() += 1;
-                    }
                     table.insert(key, value).map_err(err)?;
                 }
                 OpRef::Delete { key, .. } => {
@@ -410,10 +281,6 @@ impl Engine for RedbEngine {
             }
         }
         drop(open);
-        for (keyspace, puts) in filtered_puts {
-            let table = txn.open_table(table(keyspace)).map_err(err)?;
-            self.rebuild_step(keyspace, &table, puts.saturating_mul(REBUILD_STEP))?;
-        }
         // An error before this point drops `txn`, which aborts it: nothing of the batch lands.
         let committed = txn.commit().map_err(err);
         self.forget_reads();
@@ -537,55 +404,5 @@ mod tests {
             bytes,
             "the file is untouched"
         );
-    }
-
-    /// Keys written before the store had a filter, keys put and deleted while it is built
-    /// and rebuilt, and a reopen (the filter starts over): every lookup agrees with the
-    /// writes, and once built the filter rules out most keys that are not there.
-    #[test]
-    fn filtered_lookups_agree_with_the_writes_across_builds_and_reopens() {
-        let dir = TempDir::new("redb-filter");
-        let path = dir.path().join("db.redb");
-        let key = |i: u32| format!("k{i}").into_bytes();
-        let stored = |i: u32, upto: u32| i < upto && !i.is_multiple_of(3);
-        let check = |engine: &RedbEngine, upto: u32| {
-            for i in 0..upto + 1_000 {
-                let got = engine.get("ks", &key(i)).unwrap();
-                let want = stored(i, upto).then(|| i.to_be_bytes().to_vec());
-                assert_eq!(got, want, "key {i}");
-            }
-        };
-        let write = |engine: &RedbEngine, from: u32, to: u32| {
-            for chunk in (from..to).collect::<Vec<u32>>().chunks(100) {
-                let mut batch = Batch::new();
-                for &i in chunk {
-                    batch.put("ks", key(i), i.to_be_bytes().to_vec());
-                    batch.put("other", key(i), vec![]);
-                }
-                // Deletes of keys put by earlier batches, and of some in this one.
-                for &i in chunk.iter().filter(|i| i.is_multiple_of(3)) {
-                    batch.delete("ks", key(i));
-                }
-                engine.write(batch, Durability::Deferred).unwrap();
-            }
-        };
-        // Written without a filter.
-        write(&RedbEngine::open(&path).unwrap(), 0, 3_000);
-        {
-            let engine = RedbEngine::open_filtered(&path, &["ks"]).unwrap();
-            check(&engine, 3_000);
-            write(&engine, 3_000, 9_000);
-            check(&engine, 9_000);
-            let filter = engine.filter("ks").unwrap();
-            assert!(filter.current.is_some(), "the filter was built");
-            let ruled_out = (9_000..10_000)
-                .filter(|i| !filter.may_contain(&key(*i)))
-                .count();
-            assert!(ruled_out > 900, "{ruled_out} of 1000 absent keys ruled out");
-        }
-        let engine = RedbEngine::open_filtered(&path, &["ks"]).unwrap();
-        check(&engine, 9_000);
-        write(&engine, 9_000, 9_500);
-        check(&engine, 9_500);
     }
 }

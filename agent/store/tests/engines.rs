@@ -14,23 +14,6 @@ mod redb {
     tern_store::engine_suite!(super::open(tern_store::EngineKind::Redb));
 }
 
-/// The suite again with a key filter on every keyspace it writes.
-mod redb_filtered {
-    tern_store::engine_suite!(
-        |dir: &std::path::Path| -> std::sync::Arc<dyn tern_store::Engine> {
-            tern_store::open_filtered(
-                tern_store::EngineKind::Redb,
-                dir,
-                &[
-                    "a", "b", "blobs", "churn", "index", "items", "mailbox", "never", "queue",
-                    "scam", "scan", "scan2", "space",
-                ],
-            )
-            .expect("open")
-        }
-    );
-}
-
 mod sled {
     tern_store::engine_suite!(super::open(tern_store::EngineKind::Sled));
 }

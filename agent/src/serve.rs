@@ -206,7 +206,7 @@ fn rpc_addr(node: &Node) -> Result<SocketAddr, String> {
     }
 }
 
-type Engine = Arc<dyn tern_store::Engine>;
+type SharedEngine = Arc<dyn tern_store::Engine>;
 
 /// The layout of what an agent keeps in `TERN_DATA_DIR` (`FORMAT` holds it). 2: message bodies
 /// carry the log index of the entry that stored them, and only shared bodies have a reference
@@ -287,7 +287,7 @@ fn mark_data_format(dir: &Path) -> Result<(), String> {
 /// up and misses, which the log engine's key filter answers from memory. `Split` orders the
 /// two engines' writes so the state never refers to a body that is not on disk, and the
 /// idempotency records are never ahead of the state nor behind it.
-fn open_engines(dir: &Path, kind: EngineKind) -> Result<(Engine, Engine), String> {
+fn open_engines(dir: &Path, kind: EngineKind) -> Result<(SharedEngine, SharedEngine), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let format = check_data_format(dir)?;
     let open = |sub: &str, kind: EngineKind| {

@@ -60,8 +60,8 @@
 //! active segment and compacts every other.
 //!
 //! The index holds every key in memory, and opening reads every segment: fine for Raft logs
-//! (purged after each snapshot) and message bodies keyed by hash; not meant for billions of
-//! small keys.
+//! (purged after each snapshot), message bodies keyed by hash and the idempotency records of
+//! the last days' deliveries (two small keys each); not meant for billions of small keys.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -250,6 +250,60 @@ fn encode<'a>(
     record[..4].copy_from_slice(&payload.to_le_bytes());
     record[4..HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok((record, placed))
+}
+
+/// The payload of the record at the start of `bytes`, if it is whole and its checksum holds.
+fn record_payload(bytes: &[u8]) -> Option<&[u8]> {
+    let header = bytes.get(..HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    let payload = bytes.get(HEADER..HEADER.checked_add(len)?)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// `ops` as one record of this engine's format, values whole (links are not kept): how
+/// [`Split`](crate::Split) stores its redo record.
+pub(crate) fn encode_ops(ops: &[OpRef<'_>]) -> Result<Vec<u8>, StoreError> {
+    let (record, _) = encode(ops.iter().map(|op| match *op {
+        OpRef::Put {
+            keyspace,
+            key,
+            value,
+            ..
+        } => (keyspace, key, Payload::Put(value)),
+        OpRef::Delete { keyspace, key } => (keyspace, key, Payload::Delete),
+    }))?;
+    Ok(record)
+}
+
+/// One operation [`decode_ops`] read: keyspace, key and value (`None` for a delete).
+pub(crate) type RecordOp<'a> = (&'a str, &'a [u8], Option<&'a [u8]>);
+
+/// The operations of a record [`encode_ops`] wrote; `None` unless `record` is exactly one
+/// whole record that holds no links.
+pub(crate) fn decode_ops(record: &[u8]) -> Option<Vec<RecordOp<'_>>> {
+    let payload = record_payload(record).filter(|p| HEADER + p.len() == record.len())?;
+    decode(payload, 0)?
+        .into_iter()
+        .map(|placed| match placed {
+            Placed::Put {
+                keyspace,
+                key,
+                offset,
+                len,
+                tail: None,
+            } => {
+                let start = usize::try_from(offset).ok()?;
+                Some((
+                    keyspace,
+                    key,
+                    Some(payload.get(start..start + len as usize)?),
+                ))
+            }
+            Placed::Put { tail: Some(_), .. } => None,
+            Placed::Delete { keyspace, key } => Some((keyspace, key, None)),
+        })
+        .collect()
 }
 
 /// Reads the operations of one record's payload; `base` is the payload's offset in the file.
@@ -579,20 +633,12 @@ impl LogEngine {
     /// Applies the whole records of one segment to the index; returns the length they span.
     fn replay(state: &mut State, segment: u64, bytes: &[u8]) -> u64 {
         let mut at = 0usize;
-        while let Some(header) = bytes.get(at..at + HEADER) {
-            let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-            let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-                break;
-            };
-            if crc32fast::hash(payload) != crc {
-                break;
-            }
+        while let Some(payload) = bytes.get(at..).and_then(record_payload) {
             let Some(placed) = decode(payload, 0) else {
                 break;
             };
             state.apply(segment, (at + HEADER) as u64, &placed);
-            at += HEADER + len;
+            at += HEADER + payload.len();
         }
         at as u64
     }

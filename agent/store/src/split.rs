@@ -50,14 +50,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::engine::{
     Batch, Durability, Engine, KeyValue, Op, OpRef, Space, StoreError, validate_ops,
 };
+use crate::log_engine;
 
 /// The main engine's keyspace that holds the redo record.
 pub const REDO_KEYSPACE: &str = "split_redo";
 const REDO_KEY: &[u8] = b"redo";
 /// The redo record's format.
 const REDO_VERSION: u8 = 1;
-const TAG_DELETE: u8 = 0;
-const TAG_PUT: u8 = 1;
+
+/// A write to [`REDO_KEYSPACE`] from outside, or a split that would keep it on the side.
+fn reserved() -> StoreError {
+    StoreError::InvalidKeyspace(format!(
+        "{REDO_KEYSPACE} (it holds the split engine's redo record)"
+    ))
+}
 
 /// See the [module docs](self).
 pub struct Split {
@@ -85,9 +91,7 @@ impl Split {
             )));
         }
         if referenced.contains(&REDO_KEYSPACE) || after.contains(&REDO_KEYSPACE) {
-            return Err(StoreError::InvalidKeyspace(format!(
-                "{REDO_KEYSPACE} (it holds the split engine's redo record)"
-            )));
+            return Err(reserved());
         }
         let split = Self {
             main,
@@ -117,109 +121,49 @@ impl Split {
         self.referenced.contains(&keyspace) || self.after.contains(&keyspace)
     }
 
-    /// `ops` as the redo record stores them: a version byte, then per operation a tag, the
-    /// keyspace's name (a length byte first), the key and, for a put, the value (each after
-    /// its length, u32 little-endian).
+    /// `ops` as the redo record stores them: a version byte, then one record of the log
+    /// engine's format (length, CRC-32 and the operations, values whole).
     fn encode_redo(ops: &[OpRef<'_>]) -> Result<Vec<u8>, StoreError> {
-        fn len(bytes: &[u8]) -> Result<[u8; 4], StoreError> {
-            u32::try_from(bytes.len())
-                .map(u32::to_le_bytes)
-                .map_err(|_| StoreError::Engine(format!("{} bytes for a redo record", bytes.len())))
-        }
-        let size = ops
-            .iter()
-            .map(|op| {
-                let value = match op {
-                    OpRef::Put { value, .. } => 4 + value.len(),
-                    OpRef::Delete { .. } => 0,
-                };
-                2 + op.keyspace().len() + 4 + op.key().len() + value
-            })
-            .sum::<usize>();
-        let mut record = Vec::with_capacity(1 + size);
-        record.push(REDO_VERSION);
-        for op in ops {
-            let keyspace = op.keyspace().as_bytes();
-            record.push(match op {
-                OpRef::Put { .. } => TAG_PUT,
-                OpRef::Delete { .. } => TAG_DELETE,
-            });
-            // Keyspace names are at most 64 bytes (`validate_ops`).
-            record.push(keyspace.len() as u8);
-            record.extend_from_slice(keyspace);
-            record.extend_from_slice(&len(op.key())?);
-            record.extend_from_slice(op.key());
-            if let OpRef::Put { value, .. } = op {
-                record.extend_from_slice(&len(value)?);
-                record.extend_from_slice(value);
-            }
-        }
-        Ok(record)
+        let record = log_engine::encode_ops(ops)?;
+        let mut redo = Vec::with_capacity(1 + record.len());
+        redo.push(REDO_VERSION);
+        redo.extend_from_slice(&record);
+        Ok(redo)
     }
 
     /// The operations of a redo record; its keyspaces must be this split's side keyspaces.
     fn decode_redo(&self, record: &[u8]) -> Result<Vec<Op>, StoreError> {
-        let mut record = Reader(record);
-        let version = record.take(1)?[0];
+        let corrupt = |what: &str| StoreError::Corrupt(format!("split redo record: {what}"));
+        let (&version, record) = record.split_first().ok_or_else(|| corrupt("empty"))?;
         if version != REDO_VERSION {
             return Err(corrupt(&format!(
                 "format {version}, expected {REDO_VERSION}"
             )));
         }
-        let mut ops = Vec::new();
-        while !record.0.is_empty() {
-            let tag = record.take(1)?[0];
-            let name_len = usize::from(record.take(1)?[0]);
-            let name = record.take(name_len)?;
-            let keyspace = self
-                .referenced
-                .iter()
-                .chain(&self.after)
-                .find(|k| k.as_bytes() == name)
-                .copied()
-                .ok_or_else(|| {
-                    corrupt(&format!(
-                        "keyspace {:?} is not on the side engine",
-                        String::from_utf8_lossy(name)
-                    ))
-                })?;
-            let key = record.bytes()?;
-            ops.push(match tag {
-                TAG_PUT => Op::Put {
-                    keyspace,
-                    key,
-                    value: record.bytes()?,
-                    link: None,
-                },
-                TAG_DELETE => Op::Delete { keyspace, key },
-                other => return Err(corrupt(&format!("operation tag {other}"))),
-            });
-        }
-        Ok(ops)
-    }
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("split redo record: {what}"))
-}
-
-/// The unread rest of a redo record.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
-        if self.0.len() < n {
-            return Err(corrupt("cut short"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    /// Bytes after their length.
-    fn bytes(&mut self) -> Result<Vec<u8>, StoreError> {
-        let len = u32::from_le_bytes(self.take(4)?.try_into().expect("four bytes"));
-        Ok(self.take(len as usize)?.to_vec())
+        let ops = log_engine::decode_ops(record).ok_or_else(|| corrupt("cut short or damaged"))?;
+        ops.into_iter()
+            .map(|(name, key, value)| {
+                let keyspace = self
+                    .referenced
+                    .iter()
+                    .chain(&self.after)
+                    .find(|k| **k == name)
+                    .copied()
+                    .ok_or_else(|| {
+                        corrupt(&format!("keyspace {name:?} is not on the side engine"))
+                    })?;
+                let key = key.to_vec();
+                Ok(match value {
+                    Some(value) => Op::Put {
+                        keyspace,
+                        key,
+                        value: value.to_vec(),
+                        link: None,
+                    },
+                    None => Op::Delete { keyspace, key },
+                })
+            })
+            .collect()
     }
 }
 
@@ -264,9 +208,7 @@ impl Engine for Split {
         let mut side = Vec::new();
         for op in ops {
             if op.keyspace() == REDO_KEYSPACE {
-                return Err(StoreError::InvalidKeyspace(format!(
-                    "{REDO_KEYSPACE} (it holds the split engine's redo record)"
-                )));
+                return Err(reserved());
             }
             if self.is_side(op.keyspace()) {
                 side.push(*op);
@@ -300,7 +242,10 @@ impl Engine for Split {
         } else {
             Some(Self::encode_redo(&later)?)
         };
-        let mut main_durability = durability;
+        let main_durability = match record {
+            Some(_) => Durability::Immediate,
+            None => durability,
+        };
         let redo_after = match &record {
             Some(record) => {
                 main.push(OpRef::Put {
@@ -309,7 +254,6 @@ impl Engine for Split {
                     value: record,
                     link: None,
                 });
-                main_durability = Durability::Immediate;
                 true
             }
             // The side changed: the last record no longer describes it.
@@ -454,8 +398,17 @@ mod tests {
     fn side_writes_cut_off_after_the_main_write_are_redone_at_open() {
         let dir = TempDir::new("split-redo");
         let main = open(EngineKind::Redb, &dir.path().join("main")).unwrap();
+        // The durability of each write the main engine receives.
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let watched = Hooked::new(main.clone(), {
+            let asked = asked.clone();
+            move |_, durability| {
+                asked.lock().unwrap().push(durability);
+                Ok(())
+            }
+        });
         let (side, fail, hooked) = failing_side(dir.path());
-        let split = Split::open(main.clone(), hooked, &["blob"], &["idem"]).unwrap();
+        let split = Split::open(Arc::new(watched), hooked, &["blob"], &["idem"]).unwrap();
         let mut seed = Batch::new();
         seed.put("blob", b"old".to_vec(), b"1".to_vec());
         seed.put("idem", b"gone".to_vec(), b"r".to_vec());
@@ -471,6 +424,7 @@ mod tests {
         // The main engine committed its part, durably although the batch was deferred; the
         // side has none of it yet, and an after keyspace is never ahead of the main engine.
         assert_eq!(main.get("index", b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(asked.lock().unwrap().last(), Some(&Durability::Immediate));
         assert_eq!(side.get("idem", b"new").unwrap(), None);
         assert_eq!(side.get("idem", b"gone").unwrap(), Some(b"r".to_vec()));
         assert_eq!(side.get("blob", b"old").unwrap(), Some(b"1".to_vec()));
@@ -549,14 +503,20 @@ mod tests {
             .collect();
         assert_eq!(decoded, expected);
 
+        // A record of another split's keyspace, and one whose bytes were altered.
+        let foreign = Split::encode_redo(&[OpRef::Delete {
+            keyspace: "x",
+            key: b"k",
+        }])
+        .unwrap();
+        let mut damaged = record.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
         for (bad, why) in [
             (&record[..record.len() - 1], "cut short"),
             (&[2][..], "format 2"),
-            (&[1, 9, 1, b'x', 0, 0, 0, 0][..], "keyspace \"x\""),
-            (
-                &[1, 9, 4, b'b', b'l', b'o', b'b', 0, 0, 0, 0][..],
-                "operation tag 9",
-            ),
+            (&foreign[..], "keyspace \"x\""),
+            (&damaged[..], "damaged"),
         ] {
             let error = split.decode_redo(bad).unwrap_err().to_string();
             assert!(error.contains(why), "{error} should say {why}");

@@ -150,7 +150,7 @@ fn main() {
 }
 
 /// A 32-byte key as random as the SHA-256 digests that SMTP and LMTP deliveries carry
-/// (`tern_agent::smtp::delivery::idempotency_key`): each lands somewhere else in the state's
+/// (`tern_agent::smtp::delivery::idempotency_key`): each lands somewhere else in the idempotency
 /// index, as in production.
 fn random_key(id: u64) -> Vec<u8> {
     (0..4u64)

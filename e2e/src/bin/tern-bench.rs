@@ -305,7 +305,7 @@ fn message(client: usize, n: u64) -> Vec<u8> {
 }
 
 /// The key SMTP and LMTP give a delivery (`tern_agent::smtp::delivery::idempotency_key`): a
-/// SHA-256 digest, so the keys land all over the state's index, as in production. The message
+/// SHA-256 digest, so the keys land all over the idempotency index, as in production. The message
 /// digest it is made from is unique per run, client and delivery.
 fn idempotency_key(recipient: &str, client: usize, n: u64) -> Vec<u8> {
     let mut digest = [0u8; 32];

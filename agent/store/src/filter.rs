@@ -7,6 +7,7 @@
 //! from the index, which happens when more keys were inserted than it was sized for
 //! ([`KeyFilters`]).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
@@ -43,7 +44,11 @@ impl KeyFilters {
     }
 
     /// Records that `key` was added to `index` (which holds it now).
-    pub(crate) fn inserted<V>(&mut self, key: &[u8], index: &BTreeMap<Vec<u8>, V>) {
+    pub(crate) fn inserted<K: Borrow<[u8]> + Ord, V>(
+        &mut self,
+        key: &[u8],
+        index: &BTreeMap<K, V>,
+    ) {
         self.current.insert(key);
         if self.next.is_none() && self.current.is_full() {
             self.next = Some((KeyFilter::with_capacity(2 * index.len()), None));
@@ -63,12 +68,12 @@ impl KeyFilters {
             .map(|(key, _)| key)
             .take(REBUILD_STEP)
         {
-            next.insert(key);
+            next.insert(key.borrow());
             last = Some(key);
             copied += 1;
         }
         match last {
-            Some(last) if copied == REBUILD_STEP => *cursor = Some(last.clone()),
+            Some(last) if copied == REBUILD_STEP => *cursor = Some(last.borrow().to_vec()),
             // The whole index is in `next`.
             _ => {
                 let (next, _) = self.next.take().expect("matched above");

@@ -11,6 +11,7 @@
 mod buffered;
 mod engine;
 mod filter;
+mod index_key;
 mod log_engine;
 mod names;
 mod redb_engine;

@@ -76,6 +76,7 @@ use crate::engine::{
     range_is_empty, sync_dir, validate_keyspace, validate_ops,
 };
 use crate::filter::KeyFilters;
+use crate::index_key::IndexKey;
 use crate::names::NameMap;
 
 /// A segment is sealed and a new one started once it holds this many bytes.
@@ -108,7 +109,7 @@ struct Writer {
 
 #[derive(Default)]
 struct State {
-    keyspaces: NameMap<String, BTreeMap<Vec<u8>, Loc>>,
+    keyspaces: NameMap<String, BTreeMap<IndexKey, Loc>>,
     /// Per keyspace, every key of its index (and some deleted ones): lookups of absent keys
     /// stop here.
     filters: NameMap<String, KeyFilters>,
@@ -140,6 +141,13 @@ struct Part {
     segment: u64,
     offset: u64,
     len: u32,
+}
+
+impl Part {
+    /// The offset just past its bytes.
+    fn end(&self) -> u64 {
+        self.offset + u64::from(self.len)
+    }
 }
 
 impl Loc {
@@ -364,7 +372,7 @@ impl State {
                 let space = self.keyspaces.get_mut(keyspace).expect("just inserted");
                 // One walk of the tree: most puts are of new keys (log entries, bodies,
                 // idempotency records), whose key is copied in anyway.
-                match space.entry(key.to_vec()) {
+                match space.entry(IndexKey::new(key)) {
                     Entry::Occupied(mut slot) => Some(std::mem::replace(slot.get_mut(), loc)),
                     Entry::Vacant(slot) => {
                         slot.insert(loc);
@@ -482,6 +490,39 @@ impl State {
             },
         ))
     }
+}
+
+/// At most this many bytes of a segment lie between two tails read back with one read.
+const READ_BACK_GAP: u64 = 16 << 10;
+/// A read back of tails covers at most this many bytes.
+const READ_BACK_MAX: u64 = 4 << 20;
+
+/// `order` (indexes of parts, sorted by segment and offset) cut into runs read back together:
+/// parts of one segment, each starting at most [`READ_BACK_GAP`] after the run's end so far,
+/// spanning at most [`READ_BACK_MAX`] bytes (or one part, when it is longer).
+fn runs(order: &[usize], part: impl Fn(usize) -> Part) -> impl Iterator<Item = &[usize]> {
+    let mut rest = order;
+    std::iter::from_fn(move || {
+        let (&first, _) = rest.split_first()?;
+        let first = part(first);
+        let mut end = first.end();
+        let len = rest[1..]
+            .iter()
+            .take_while(|&&next| {
+                let next = part(next);
+                let joins = next.segment == first.segment
+                    && next.offset <= end.saturating_add(READ_BACK_GAP)
+                    && next.end() - first.offset <= READ_BACK_MAX;
+                if joins {
+                    end = end.max(next.end());
+                }
+                joins
+            })
+            .count();
+        let (run, after) = rest.split_at(1 + len);
+        rest = after;
+        Some(run)
+    })
 }
 
 /// The segments a value's bytes lie in, with the live bytes each part counts for (the key
@@ -758,7 +799,7 @@ impl LogEngine {
                     for (key, loc) in space {
                         // A linked value with either part here moves whole.
                         if loc.lies_in(oldest) {
-                            live.push((keyspace.clone(), key.clone(), state.locate(loc)?));
+                            live.push((keyspace.clone(), key.to_vec(), state.locate(loc)?));
                         }
                     }
                 }
@@ -790,6 +831,9 @@ impl LogEngine {
 
     /// For each of `ops` (none when no put has a link), where the tail of its value lies
     /// already: its link's source holds exactly those bytes, read back to be sure.
+    ///
+    /// Tails that lie close together in a segment (the bodies of one log entry do) are read
+    /// back with one read, not one each.
     fn link_tails(&self, ops: &[OpRef<'_>]) -> Result<Vec<Option<Part>>, StoreError> {
         fn linked<'a>(op: &OpRef<'a>) -> Option<(&'a [u8], &'a Link)> {
             match *op {
@@ -807,22 +851,38 @@ impl LogEngine {
         let targets: Vec<_> = {
             let state = self.read_state();
             ops.iter()
-                .map(|op| linked(op).and_then(|(value, link)| state.link_target(link, value.len())))
+                .enumerate()
+                .filter_map(|(i, op)| {
+                    let (value, link) = linked(op)?;
+                    let (file, tail) = state.link_target(link, value.len())?;
+                    Some((i, file, tail))
+                })
                 .collect()
         };
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        order.sort_unstable_by_key(|&t| (targets[t].2.segment, targets[t].2.offset));
+        let mut tails = vec![None; ops.len()];
         let mut stored = Vec::new();
-        targets
-            .into_iter()
-            .zip(ops)
-            .map(|(target, op)| {
-                let (Some((file, tail)), Some((value, link))) = (target, linked(op)) else {
-                    return Ok(None);
-                };
-                stored.resize(tail.len as usize, 0);
-                file.read_exact_at(&mut stored, tail.offset)?;
-                Ok((stored[..] == value[link.head..]).then_some(tail))
-            })
-            .collect()
+        for run in runs(&order, |t| targets[t].2) {
+            let (_, file, first) = &targets[run[0]];
+            let begin = first.offset;
+            let end = run
+                .iter()
+                .map(|&t| targets[t].2.end())
+                .max()
+                .expect("a run is never empty");
+            stored.resize((end - begin) as usize, 0);
+            file.read_exact_at(&mut stored, begin)?;
+            for &t in run {
+                let (i, _, tail) = targets[t];
+                let (value, link) = linked(&ops[i]).expect("targets are linked puts");
+                let at = (tail.offset - begin) as usize;
+                if stored[at..at + tail.len as usize] == value[link.head..] {
+                    tails[i] = Some(tail);
+                }
+            }
+        }
+        Ok(tails)
     }
 
     /// The number of segment files, for tests and metrics.
@@ -878,8 +938,8 @@ impl Engine for LogEngine {
                 return Ok(Vec::new());
             };
             let range = space.range::<[u8], _>((start, end));
-            let pick = |(key, loc): (&Vec<u8>, &Loc)| -> Result<_, StoreError> {
-                Ok((key.clone(), state.locate(loc)?))
+            let pick = |(key, loc): (&IndexKey, &Loc)| -> Result<_, StoreError> {
+                Ok((key.to_vec(), state.locate(loc)?))
             };
             if reverse {
                 range
@@ -1254,6 +1314,83 @@ mod tests {
         check(&engine);
         drop(engine);
         check(&LogEngine::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn the_tails_of_one_batch_are_read_back_in_runs_and_each_checked() {
+        let dir = TempDir::new("log-link-runs");
+        let engine = LogEngine::open(dir.path()).unwrap();
+        // Two entries of three bodies each, as a Raft entry carries a group of deliveries.
+        let bodies: Vec<Vec<u8>> = (0..6).map(|i| body(10 + i)).collect();
+        for (entry, three) in bodies.chunks(3).enumerate() {
+            let mut batch = Batch::new();
+            batch.put("log", vec![b'e', entry as u8], entry_with(&three.concat()));
+            engine.write(batch, Durability::Immediate).unwrap();
+        }
+        // One batch links all six, in an order other than the log's, and one of them (the
+        // middle of the first entry's run) does not hold what its link says.
+        let mut batch = Batch::new();
+        let mut values = Vec::new();
+        for i in [4usize, 1, 0, 5, 3, 2] {
+            let mut value = blob_value(&bodies[i]);
+            if i == 1 {
+                value[100] ^= 1;
+            }
+            batch.put_linked(
+                "blob",
+                vec![b'h', i as u8],
+                value.clone(),
+                Some(Link {
+                    keyspace: "log",
+                    key: vec![b'e', (i / 3) as u8],
+                    offset: 16 + (i % 3 * 20_000) as u64,
+                    head: 8,
+                }),
+            );
+            values.push((i, value));
+        }
+        let before = engine.writer().len;
+        engine.write(batch, Durability::Immediate).unwrap();
+        let written = engine.writer().len - before;
+        assert!(
+            (20_000..21_000).contains(&written),
+            "five linked and one whole: {written} bytes"
+        );
+        let check = |engine: &LogEngine| {
+            for (i, value) in &values {
+                assert_eq!(
+                    engine.get("blob", &[b'h', *i as u8]).unwrap().as_ref(),
+                    Some(value)
+                );
+            }
+        };
+        check(&engine);
+        drop(engine);
+        check(&LogEngine::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn read_back_runs_stop_at_a_gap_another_segment_or_the_size_limit() {
+        let part = |segment, offset, len| Part {
+            segment,
+            offset,
+            len,
+        };
+        let parts = [
+            part(1, 0, 100),
+            part(1, 50, 10),
+            part(1, 100 + READ_BACK_GAP, 10),
+            part(1, 200 + 2 * READ_BACK_GAP, 10),
+            part(2, 200 + 2 * READ_BACK_GAP + 10, 10),
+            part(2, READ_BACK_MAX, 10),
+            part(2, READ_BACK_MAX + 10, 10),
+            part(3, 0, READ_BACK_MAX as u32 - 5),
+            part(3, READ_BACK_MAX - 5, 10),
+        ];
+        let order: Vec<usize> = (0..parts.len()).collect();
+        let cut: Vec<&[usize]> = runs(&order, |i| parts[i]).collect();
+        assert_eq!(cut, [&[0, 1, 2][..], &[3], &[4], &[5, 6], &[7], &[8]]);
+        assert_eq!(runs(&[], |i| parts[i]).count(), 0);
     }
 
     #[test]

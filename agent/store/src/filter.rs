@@ -175,6 +175,7 @@ fn bits(mixed: u64) -> impl Iterator<Item = usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index_key::IndexKey;
 
     fn key(i: u32) -> Vec<u8> {
         format!("key-{i}").into_bytes()
@@ -211,12 +212,13 @@ mod tests {
     /// left the filter.
     #[test]
     fn rebuilds_keep_every_key_of_the_index_and_shed_deleted_ones() {
-        let mut index: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
+        // Keyed as the log engine's index is.
+        let mut index: BTreeMap<IndexKey, ()> = BTreeMap::new();
         let mut filters = KeyFilters::new();
         let mut rebuilds = 0;
         for i in 0..60_000u32 {
             let k = key(i);
-            index.insert(k.clone(), ());
+            index.insert(IndexKey::new(&k), ());
             let rebuilding = filters.next.is_some();
             filters.inserted(&k, &index);
             if rebuilding && filters.next.is_none() {
@@ -224,7 +226,7 @@ mod tests {
             }
             // Most keys live briefly, one in ten stays.
             if i >= 100 && (i - 100) % 10 != 0 {
-                index.remove(&key(i - 100));
+                index.remove(&key(i - 100)[..]);
             }
             if i % 997 == 0 {
                 assert!(index.keys().all(|k| filters.may_contain(k)), "after {i}");

@@ -17,7 +17,6 @@ const INLINE: usize = 46;
 /// index holds millions of keys. A short key lives in the node instead, so a walk reads only
 /// the nodes it passes. Longer keys are boxed. Either way the key orders, compares and
 /// borrows as its bytes, so the index is searched with a plain `&[u8]`.
-#[derive(Clone)]
 pub(crate) enum IndexKey {
     Inline { len: u8, bytes: [u8; INLINE] },
     Boxed(Box<[u8]>),

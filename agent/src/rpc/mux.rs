@@ -98,6 +98,12 @@ async fn write_frames<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut batch = Vec::new();
     while let Some(first) = frames.recv().await {
+        // Frames come in bursts: the answers to the commands of one Raft entry, the next
+        // requests of callers woken by one read of answers. The runtime runs the task a
+        // sender wakes next, before the other senders of the burst, so without this yield
+        // each frame would go out in a write (a record, a syscall, a wakeup of the peer) of
+        // its own.
+        tokio::task::yield_now().await;
         batch.clear();
         let mut next = Some(first);
         while let Some(Outgoing { id, frame }) = next {
@@ -545,6 +551,87 @@ mod tests {
             );
         }
         assert!(r.is_empty());
+    }
+
+    /// Counts the writes it is given and keeps their bytes.
+    #[derive(Default)]
+    struct CountingWriter {
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncWrite for CountingWriter {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.len());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The burst of a Raft entry's answers: one task (the state machine's) wakes many (the
+    /// requests' handlers), which each send a frame. The runtime runs the writer, woken by
+    /// the first frame, before the other handlers; the frames still go out in one write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn frames_sent_by_tasks_woken_together_go_out_in_one_write() {
+        const SENDERS: usize = 40;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = CountingWriter::default();
+        let writes = out.writes.clone();
+        let writer = tokio::spawn(write_frames(out, rx, Duration::from_secs(5)));
+        let mut wakes = Vec::new();
+        let mut senders = Vec::new();
+        for i in 0..SENDERS {
+            let (wake, woken) = oneshot::channel::<()>();
+            wakes.push(wake);
+            let tx = tx.clone();
+            senders.push(tokio::spawn(async move {
+                woken.await.unwrap();
+                let frame = Arc::new(frame(0, &vec![i as u8; 100]).unwrap());
+                tx.send(Outgoing {
+                    id: i as u64,
+                    frame,
+                })
+                .unwrap();
+            }));
+        }
+        drop(tx);
+        // Let every sender reach its wait, then wake them all from one task on the worker.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::spawn(async move {
+            for wake in wakes {
+                wake.send(()).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        writer.await.unwrap().unwrap();
+        let writes = writes.lock().unwrap().clone();
+        let frame_len = frame(0, &vec![0u8; 100]).unwrap().len();
+        assert_eq!(writes.iter().sum::<usize>(), SENDERS * frame_len);
+        assert!(
+            writes.len() <= 2,
+            "{SENDERS} frames sent together went out in {} writes",
+            writes.len()
+        );
     }
 
     /// A peer that reads nothing stalls the writer, which gives up after `stall` (both ends

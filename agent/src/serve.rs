@@ -21,6 +21,7 @@
 //! | `TERN_HOSTNAME` | the name in SMTP and IMAP greetings and `Received:` fields (default `POD_NAME`) |
 //! | `TERN_TIMEOUT_MS` | the longest a read or write waits for its shard (default 5000) |
 //! | `TERN_SNAPSHOT_LOGS` | a shard snapshots every this many log entries (default 20000) |
+//! | `TERN_STATE_CACHE_MB` | the state engine's page cache in MiB (default: an eighth of the container's memory limit, 32 MiB to 1 GiB; without a limit the engine's 1 GiB) |
 //! | `TERN_GOSSIP_KEY_FILE` | the gossip keyring (required): the keyring text format, a raw 32-byte key, or one base64 key; read again every 5 s |
 //! | `TERN_GOSSIP_ADDR` | where gossip listens, UDP and TCP on the same port (default `0.0.0.0:<gossip.port>`) |
 //! | `TERN_GOSSIP_ADVERTISE_ADDR` | the gossip address peers are told (default: `TERN_GOSSIP_ADDR`, or `POD_IP:<port>` when that listens on every interface) |
@@ -36,7 +37,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tern_raft::Storage;
-use tern_store::EngineKind;
+use tern_store::{EngineKind, EngineOptions};
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminServerConfig};
@@ -287,12 +288,16 @@ fn mark_data_format(dir: &Path) -> Result<(), String> {
 /// up and misses, which the log engine's key filter answers from memory. `Split` orders the
 /// two engines' writes so the state never refers to a body that is not on disk, and the
 /// idempotency records are never ahead of the state nor behind it.
-fn open_engines(dir: &Path, kind: EngineKind) -> Result<(SharedEngine, SharedEngine), String> {
+fn open_engines(
+    dir: &Path,
+    kind: EngineKind,
+    options: EngineOptions,
+) -> Result<(SharedEngine, SharedEngine), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let format = check_data_format(dir)?;
     let open = |sub: &str, kind: EngineKind| {
         let path = dir.join(sub);
-        tern_store::open(kind, &path)
+        tern_store::open_with(kind, &path, options)
             .map_err(|e| format!("opening the store in {}: {e}", path.display()))
     };
     let log = open("log", EngineKind::Log)?;
@@ -313,6 +318,91 @@ fn open_engines(dir: &Path, kind: EngineKind) -> Result<(SharedEngine, SharedEng
     )
     .map_err(|e| format!("opening the state in {}: {e}", dir.display()))?;
     Ok((log, Arc::new(state)))
+}
+
+/// Where the state engine's page cache size comes from when `TERN_STATE_CACHE_MB` is not set:
+/// this process's memory cgroup's limit file, cgroup v2 first, then v1, given the text of
+/// `/proc/self/cgroup`. Each version's file under the process's cgroup path comes first, then
+/// the one at the mount's root, which is the container's own cgroup when the container has a
+/// cgroup namespace or its cgroup mounted there (a pod's container does).
+fn cgroup_limit_files(proc_self_cgroup: &str) -> Vec<String> {
+    let path_of = |wanted: &dyn Fn(&str) -> bool| {
+        proc_self_cgroup.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            wanted(controllers).then(|| path.trim_end_matches('/').to_owned())
+        })
+    };
+    let mut files = Vec::new();
+    if let Some(path) = path_of(&|c| c.is_empty()) {
+        files.push(format!("/sys/fs/cgroup{path}/memory.max"));
+    }
+    files.push("/sys/fs/cgroup/memory.max".to_owned());
+    if let Some(path) = path_of(&|c| c.split(',').any(|c| c == "memory")) {
+        files.push(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"));
+    }
+    files.push("/sys/fs/cgroup/memory/memory.limit_in_bytes".to_owned());
+    files.dedup();
+    files
+}
+
+/// The least and the most the state engine caches when its size follows the memory limit.
+const STATE_CACHE_RANGE: (u64, u64) = (32 << 20, 1 << 30);
+
+/// The state engine's page cache: `TERN_STATE_CACHE_MB` when set; else an eighth of the
+/// container's memory limit, within [`STATE_CACHE_RANGE`], so that a pod given little memory
+/// is not killed for a cache the engine would otherwise fill to 1 GiB; else (no limit) the
+/// engine's default. The rest of the limit is for the log engine's index (every stored body's
+/// key), the write buffers and the connections. Returns the size and where it came from.
+fn state_cache(
+    setting: Option<&str>,
+    limit_files: &[&str],
+) -> Result<(Option<usize>, String), String> {
+    if let Some(mib) = setting {
+        let bytes = mib
+            .parse::<u64>()
+            .ok()
+            .filter(|mib| (1..=1 << 20).contains(mib))
+            .ok_or_else(|| {
+                format!("TERN_STATE_CACHE_MB={mib}: expected a number of MiB from 1 to 1048576")
+            })?;
+        return Ok((Some((bytes << 20) as usize), "TERN_STATE_CACHE_MB".into()));
+    }
+    for file in limit_files {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        return Ok(match memory_limit(&text) {
+            Some(limit) => {
+                let (least, most) = STATE_CACHE_RANGE;
+                let bytes = (limit / 8).clamp(least, most);
+                (
+                    Some(bytes as usize),
+                    format!(
+                        "an eighth of the memory limit, {} MiB ({file})",
+                        limit >> 20
+                    ),
+                )
+            }
+            None => (
+                None,
+                format!("the engine's default: no memory limit ({file})"),
+            ),
+        });
+    }
+    Ok((
+        None,
+        "the engine's default: no cgroup memory limit found".into(),
+    ))
+}
+
+/// A cgroup memory limit file's limit in bytes; `None` for none (v2's `max`, v1's huge
+/// number) or text that is not a limit.
+fn memory_limit(text: &str) -> Option<u64> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|bytes| *bytes > 0 && *bytes < 1 << 62)
 }
 
 /// Moves every key of `keyspace` from `from` to `to`, durably, a page at a time; returns how
@@ -362,9 +452,20 @@ async fn start_store(
         Some("sled") => EngineKind::Sled,
         Some(other) => return Err(format!("TERN_STORE_ENGINE={other}: expected redb or sled")),
     };
+    let limit_files =
+        cgroup_limit_files(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let limit_files: Vec<&str> = limit_files.iter().map(String::as_str).collect();
+    let (cache_bytes, cache_from) =
+        state_cache(var("TERN_STATE_CACHE_MB").as_deref(), &limit_files)?;
+    tracing::info!(
+        cache_mib = cache_bytes.map(|b| b >> 20),
+        from = %cache_from,
+        "state engine page cache"
+    );
+    let options = EngineOptions { cache_bytes };
     let (log, state) = {
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || open_engines(&dir, kind))
+        tokio::task::spawn_blocking(move || open_engines(&dir, kind, options))
             .await
             .map_err(|e| e.to_string())??
     };
@@ -582,6 +683,82 @@ mod format_tests {
     use super::*;
 
     #[test]
+    fn the_memory_limit_is_looked_for_under_the_process_cgroup_then_at_the_root() {
+        // cgroup v2: one line, no controllers.
+        assert_eq!(
+            cgroup_limit_files("0::/kubepods/pod1/c1\n"),
+            [
+                "/sys/fs/cgroup/kubepods/pod1/c1/memory.max",
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+        );
+        // A cgroup namespace: the process is at the root, its files are the root's.
+        assert_eq!(
+            cgroup_limit_files("0::/\n"),
+            [
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes"
+            ]
+        );
+        // cgroup v1: the memory controller's line, alone or with others.
+        let v1 = "9:name=systemd:/\n4:memory:/job/7\n3:cpu,cpuacct:/\n";
+        assert_eq!(
+            cgroup_limit_files(v1),
+            [
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/memory/job/7/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+        );
+        assert_eq!(
+            cgroup_limit_files("4:cpuset,memory:/j\n")[1],
+            "/sys/fs/cgroup/memory/j/memory.limit_in_bytes"
+        );
+        // Unreadable: the roots only.
+        assert_eq!(cgroup_limit_files("").len(), 2);
+    }
+
+    #[test]
+    fn the_state_cache_follows_the_setting_else_the_memory_limit() {
+        let dir = tern_raft::testing::TempDir::new("state-cache");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let (v2, v1) = (
+            file("memory.max", "2147483648\n"),
+            file("v1", "536870912\n"),
+        );
+        let missing = dir.path().join("missing").display().to_string();
+        let bytes = |setting: Option<&str>, files: &[&str]| state_cache(setting, files).unwrap().0;
+
+        // The setting wins over any limit.
+        assert_eq!(bytes(Some("100"), &[&v2]), Some(100 << 20));
+        for bad in ["0", "-1", "1.5", "lots", "1048577"] {
+            let refused = state_cache(Some(bad), &[&v2]).unwrap_err();
+            assert!(refused.contains("TERN_STATE_CACHE_MB"), "{refused}");
+        }
+        // An eighth of the first limit file there is: 2 GiB gives 256 MiB.
+        assert_eq!(bytes(None, &[&missing, &v2, &v1]), Some(256 << 20));
+        assert_eq!(bytes(None, &[&missing, &v1]), Some(64 << 20));
+        // Within 32 MiB and 1 GiB.
+        let small = file("small", "67108864");
+        assert_eq!(bytes(None, &[&small]), Some(32 << 20));
+        let large = file("large", &(64u64 << 30).to_string());
+        assert_eq!(bytes(None, &[&large]), Some(1 << 30));
+        // No limit (v2's `max`, v1's huge number) or no file: the engine's default.
+        let unlimited_v2 = file("max", "max\n");
+        let unlimited_v1 = file("huge", "9223372036854771712\n");
+        assert_eq!(bytes(None, &[&unlimited_v2, &v2]), None);
+        assert_eq!(bytes(None, &[&unlimited_v1]), None);
+        assert_eq!(bytes(None, &[&missing]), None);
+        let (_, from) = state_cache(None, &[&v2]).unwrap();
+        assert!(from.contains("2048 MiB"), "{from}");
+    }
+
+    #[test]
     fn a_new_directory_is_marked_and_old_or_foreign_ones_are_refused() {
         let dir = tern_raft::testing::TempDir::new("data-format");
         check_data_format(dir.path()).expect("a new directory is marked");
@@ -640,7 +817,8 @@ mod format_tests {
             tern_store::open(EngineKind::Log, &dir.path().join("log")).unwrap();
         }
 
-        let (log, state) = open_engines(dir.path(), EngineKind::Redb).unwrap();
+        let (log, state) =
+            open_engines(dir.path(), EngineKind::Redb, EngineOptions::default()).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
             format!("{DATA_FORMAT}\n")
@@ -666,7 +844,8 @@ mod format_tests {
         assert!(left.is_empty(), "{} records left in the state", left.len());
         drop(main);
         // Opened again, in format 4: nothing to move, everything still there.
-        let (_, state) = open_engines(dir.path(), EngineKind::Redb).unwrap();
+        let (_, state) =
+            open_engines(dir.path(), EngineKind::Redb, EngineOptions::default()).unwrap();
         assert_eq!(
             state.get(IDEM, &77u32.to_be_bytes()).unwrap(),
             Some(vec![77; 40])

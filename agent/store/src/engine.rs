@@ -474,11 +474,30 @@ impl FromStr for EngineKind {
     }
 }
 
-/// Opens (creating if needed) the store of engine `kind` in directory `dir`.
+/// How a store is opened, beyond its engine and directory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// The most memory the engine keeps pages of its file in: redb's read cache and write
+    /// buffer together, sled's page cache. `None` is the engine's own default (1 GiB for
+    /// both). The log engine caches nothing, so it ignores this.
+    pub cache_bytes: Option<usize>,
+}
+
+/// Opens (creating if needed) the store of engine `kind` in directory `dir`, with the engine's
+/// default options.
 ///
 /// Refuses a directory that holds the other engine's data: switching engines must not look
 /// like an empty store, which would silently drop every acknowledged write on this node.
 pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StoreError> {
+    open_with(kind, dir, EngineOptions::default())
+}
+
+/// [`open`] with `options`.
+pub fn open_with(
+    kind: EngineKind,
+    dir: &Path,
+    options: EngineOptions,
+) -> Result<Arc<dyn Engine>, StoreError> {
     fs::create_dir_all(dir)?;
     for other in EngineKind::ALL.into_iter().filter(|k| *k != kind) {
         if dir.join(other.data_path()).exists() {
@@ -491,8 +510,8 @@ pub fn open(kind: EngineKind, dir: &Path) -> Result<Arc<dyn Engine>, StoreError>
     }
     let path = dir.join(kind.data_path());
     let engine: Arc<dyn Engine> = match kind {
-        EngineKind::Redb => Arc::new(RedbEngine::open(&path)?),
-        EngineKind::Sled => Arc::new(SledEngine::open(&path)?),
+        EngineKind::Redb => Arc::new(RedbEngine::open_with(&path, options.cache_bytes)?),
+        EngineKind::Sled => Arc::new(SledEngine::open_with(&path, options.cache_bytes)?),
         EngineKind::Log => Arc::new(LogEngine::open(&path)?),
     };
     // The engines sync their files, not the directories naming them: without this a power

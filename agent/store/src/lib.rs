@@ -21,7 +21,8 @@ pub mod suite;
 
 pub use buffered::Buffered;
 pub use engine::{
-    Batch, Durability, Engine, EngineKind, KeyValue, Link, Op, OpRef, Space, StoreError, open,
+    Batch, Durability, Engine, EngineKind, EngineOptions, KeyValue, Link, Op, OpRef, Space,
+    StoreError, open, open_with,
 };
 pub use log_engine::{DEFAULT_SEGMENT_BYTES, LogEngine};
 pub use redb_engine::RedbEngine;

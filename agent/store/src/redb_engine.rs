@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use redb::{
-    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    TableError, TableHandle,
+    Builder, Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition, TableError, TableHandle,
 };
 
 use crate::engine::{
@@ -78,16 +78,18 @@ const CREATION_WRITES: u64 = 4096;
 /// and it holds nothing past the header page: no commit ever wrote to it) is created again the
 /// same way. Any other file that does not open (one that another process has open, say) is an
 /// error, never replaced.
-fn open_or_create(path: &Path) -> Result<Database, StoreError> {
+fn open_or_create(path: &Path, builder: &Builder) -> Result<Database, StoreError> {
     // An empty file is a creation cut off before redb sized it: redb would initialise it in
     // place, in the same steps.
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return create_in_place_of(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return create_in_place_of(path, builder);
+        }
         Err(e) => return Err(e.into()),
-        Ok(meta) if meta.len() == 0 => return create_in_place_of(path),
+        Ok(meta) if meta.len() == 0 => return create_in_place_of(path, builder),
         Ok(_) => {}
     }
-    match Database::create(path) {
+    match builder.create(path) {
         Ok(db) => Ok(db),
         // Only a file redb does not recognise (not, say, one another process has open).
         Err(ref e @ redb::DatabaseError::Storage(redb::StorageError::Io(ref io)))
@@ -98,14 +100,14 @@ fn open_or_create(path: &Path) -> Result<Database, StoreError> {
                 error = %e,
                 "the store file's creation was cut off before it held anything; creating it again"
             );
-            create_in_place_of(path)
+            create_in_place_of(path, builder)
         }
         Err(e) => Err(err(e)),
     }
 }
 
 /// Initialises a database under a temporary name beside `path`, then renames it to `path`.
-fn create_in_place_of(path: &Path) -> Result<Database, StoreError> {
+fn create_in_place_of(path: &Path, builder: &Builder) -> Result<Database, StoreError> {
     let mut creating = path.as_os_str().to_owned();
     creating.push(".creating");
     let creating = PathBuf::from(creating);
@@ -121,7 +123,7 @@ fn create_in_place_of(path: &Path) -> Result<Database, StoreError> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(dir)?;
     }
-    Database::create(path).map_err(err)
+    builder.create(path).map_err(err)
 }
 
 /// Whether the file at `path` holds no byte past the header page: a creation cut off before
@@ -150,7 +152,17 @@ impl RedbEngine {
     /// Opens or creates the database file at `path`. After a crash redb repairs the file here
     /// (it falls back to the last commit whose checksums verify).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = open_or_create(path)?;
+        Self::open_with(path, None)
+    }
+
+    /// [`open`](Self::open) with a page cache of at most `cache_bytes` (redb's read cache and
+    /// write buffer together; `None`: redb's default, 1 GiB).
+    pub fn open_with(path: &Path, cache_bytes: Option<usize>) -> Result<Self, StoreError> {
+        let mut builder = Builder::new();
+        if let Some(bytes) = cache_bytes {
+            builder.set_cache_size(bytes);
+        }
+        let db = open_or_create(path, &builder)?;
         Ok(Self {
             db: RwLock::new(db),
             path: path.to_owned(),
@@ -339,6 +351,35 @@ mod tests {
         drop(engine);
         let engine = RedbEngine::open(path).unwrap();
         assert_eq!(engine.get("ks", b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    /// Writes 4 MiB in 1 KiB values, then reads them all; returns redb's cache evictions.
+    fn evictions_for(cache_bytes: Option<usize>) -> u64 {
+        let dir = TempDir::new("redb-cache");
+        let path = dir.path().join("db.redb");
+        let engine = RedbEngine::open_with(&path, cache_bytes).unwrap();
+        for chunk in 0..16u32 {
+            let mut batch = Batch::new();
+            for i in 0..256u32 {
+                let key = (chunk * 256 + i).to_be_bytes();
+                batch.put("ks", key.to_vec(), vec![i as u8; 1024]);
+            }
+            engine.write(batch, Durability::Immediate).unwrap();
+        }
+        for i in 0..16 * 256u32 {
+            let value = engine.get("ks", &i.to_be_bytes()).unwrap().unwrap();
+            assert_eq!(value, vec![(i % 256) as u8; 1024]);
+        }
+        let db = engine.db.read().unwrap_or_else(PoisonError::into_inner);
+        db.cache_stats().evictions()
+    }
+
+    /// The cache size reaches redb: 4 MiB of values fit the default cache (1 GiB) and not one
+    /// of 256 KiB, which evicts pages and still reads every value.
+    #[test]
+    fn the_page_cache_is_as_large_as_asked() {
+        assert_eq!(evictions_for(None), 0);
+        assert!(evictions_for(Some(256 << 10)) > 0);
     }
 
     /// What a crash during a creation leaves: a temporary file beside a store that is not

@@ -56,7 +56,17 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 impl SledEngine {
     /// Opens or creates the sled directory at `path`; recovery replays sled's log here.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let config = sled::Config::new()
+        Self::open_with(path, None)
+    }
+
+    /// [`open`](Self::open) with a page cache of at most `cache_bytes` (`None`: sled's
+    /// default, 1 GiB).
+    pub fn open_with(path: &Path, cache_bytes: Option<usize>) -> Result<Self, StoreError> {
+        let mut config = sled::Config::new();
+        if let Some(bytes) = cache_bytes {
+            config = config.cache_capacity(bytes as u64);
+        }
+        let config = config
             .path(path)
             // The default background flush every 500 ms is kept: it bounds what a crash loses
             // of `Deferred` writes, which `Immediate` writes and `flush` then make certain.
